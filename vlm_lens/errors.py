@@ -1,0 +1,30 @@
+"""The one exception family of vlm_lens.
+
+Every error a user can cause (a bad argument, an unreadable image, an unsupported checkpoint) is raised as
+:class:`VlmLensError` or a subclass, with a message that names the argument, what was expected, what was
+given, and what to do. Bugs inside vlm_lens surface as ordinary Python exceptions.
+
+Example:
+    >>> import vlm_lens as vl
+    >>> try:
+    ...     raise vl.VlmLensError("topk=0: expected an integer >= 1. Pass topk=1 or more.")
+    ... except vl.VlmLensError as err:
+    ...     print(err)
+    topk=0: expected an integer >= 1. Pass topk=1 or more.
+"""
+
+from __future__ import annotations
+
+__all__ = ["VlmLensError", "UnsupportedModelError", "ImageError"]
+
+
+class VlmLensError(ValueError):
+    """A problem with what was passed to vlm_lens; the message says what to change."""
+
+
+class UnsupportedModelError(VlmLensError):
+    """The checkpoint or module belongs to no family vlm_lens knows, or uses a feature its adapter refuses."""
+
+
+class ImageError(VlmLensError):
+    """An image could not be read or converted to RGB."""
