@@ -96,6 +96,10 @@ def load(path_or_name: str | Path, *, dtype: torch.dtype | str | None = None, de
         >>> m = vl.load("checkpoints/llava-1.5-7b-hf", dtype="bfloat16", device="cuda")  # doctest: +SKIP
     """
     source = str(path_or_name)
+    if source.startswith("zoo:"):
+        from .zoo import checkpoint_path  # the shipped tiny checkpoints
+
+        source = str(checkpoint_path(source[len("zoo:"):]))
     model_type = _model_type(source)
     cls = adapter_class(model_type)
     if isinstance(dtype, str):

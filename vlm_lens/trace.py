@@ -30,7 +30,7 @@ from .errors import VlmLensError
 from .images import ImageLike, load_image
 from .loading import LensModel
 from .models.base import Encoded, Span
-from .trace_result import Trace, _decode_each
+from .trace_result import Trace
 
 __all__ = ["trace", "trace_batch"]
 
@@ -158,7 +158,7 @@ def trace_batch(model: LensModel, images: Sequence[Any], prompts: Sequence[str],
             rows = torch.stack([capture.rows[l][i, :, :n_query, pads[i]:] for l in attention_layers])
         segments = encoded.segments[i] + ["response"] * len(responses[i])
         traces.append(Trace(
-            tokens=_tokens_table(adapter.tokenizer, seq, segments),
+            tokens=_tokens_table(adapter, seq, segments),
             spans=_spans(encoded.image_spans[i], segments, prompt_lengths[i]),
             hidden=hidden, layers=list(hidden_layers), positions=torch.tensor(kept[i], dtype=torch.long),
             logits=logits[i, :n_query].float().cpu(), query_positions=torch.tensor(queries[i], dtype=torch.long),
@@ -287,8 +287,8 @@ def _to(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
-def _tokens_table(tokenizer, ids: list[int], segments: list[str]) -> pd.DataFrame:
-    return pd.DataFrame({"pos": range(len(ids)), "id": ids, "text": _decode_each(tokenizer, ids),
+def _tokens_table(adapter, ids: list[int], segments: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({"pos": range(len(ids)), "id": ids, "text": adapter.token_texts(ids),
                          "segment": segments})
 
 

@@ -145,7 +145,7 @@ class Trace:
         positions = self._default_positions(positions)
         probs, ids = lens.topk(self.hidden_at(positions, layers), topk)
         n_layer, n_pos = len(layers), len(positions)
-        texts = _decode_each(tokenizer, ids.reshape(-1).tolist())
+        texts = self.model.adapter.token_texts(ids.reshape(-1).tolist())
         return pd.DataFrame({
             "layer": torch.tensor(layers).repeat_interleave(n_pos * topk).numpy(),
             "pos": torch.tensor(positions).repeat_interleave(topk).repeat(n_layer).numpy(),
@@ -266,10 +266,3 @@ class Trace:
                 f"attention={None if self.attention is None else tuple(self.attention.shape)}, "
                 f"query_positions={self.query_positions.tolist()[:8]}{'...' if len(self.query_positions) > 8 else ''})")
 
-
-def _decode_each(tokenizer, ids: list[int]) -> list[str]:
-    """Decode each id on its own (special tokens kept); repeated ids are decoded once."""
-    cache: dict[int, str] = {}
-    for i in set(ids):
-        cache[i] = tokenizer.decode([i], skip_special_tokens=False)
-    return [cache[i] for i in ids]

@@ -330,6 +330,13 @@ class Adapter:
         """Image spans of one unpadded sample: runs of the image token, one per image, no grid."""
         return [Span(a, b, k) for k, (a, b) in enumerate(runs_of(ids, self.image_token_id))]
 
+    def token_texts(self, ids: Sequence[int]) -> list[str]:
+        """Each id decoded on its own, special tokens kept (repeated ids are decoded once). Families whose
+        sequences hold ids outside the vocabulary (image markers) override this."""
+        tokenizer = self.tokenizer
+        cache = {i: tokenizer.decode([i], skip_special_tokens=False) for i in set(ids)}
+        return [cache[i] for i in ids]
+
     # --------------------------------------------------------------------------------------- forward arguments
     def forward_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                        model_inputs: dict[str, Any]) -> dict[str, Any]:
