@@ -178,6 +178,10 @@ def _generate(model: LensModel, encoded: Encoded, new_tokens: int, do_sample: bo
     adapter = model.adapter
     kwargs: dict[str, Any] = {"max_new_tokens": new_tokens, "do_sample": do_sample,
                               "pad_token_id": adapter.pad_token_id}
+    if adapter.placeholder_ids:
+        # A generated image placeholder would be replaced by image features in the teacher-forced pass, so the
+        # traced sequence would not be the generated one; the placeholder is never a valid answer token.
+        kwargs["suppress_tokens"] = adapter.placeholder_ids
     if do_sample:
         if not temperature > 0 or not 0 < top_p <= 1:
             raise VlmLensError(f"temperature={temperature}, top_p={top_p}: sampling needs temperature > 0 and "

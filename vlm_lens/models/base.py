@@ -224,6 +224,11 @@ class Adapter:
         return int(self.model.config.image_token_id)
 
     @property
+    def placeholder_ids(self) -> list[int]:
+        """Vocabulary ids that stand for images (or other media) and must never be generated."""
+        return [self.image_token_id] if self.image_token_id >= 0 else []
+
+    @property
     def max_positions(self) -> int | None:
         return getattr(self.text_config, "max_position_embeddings", None)
 
@@ -383,6 +388,29 @@ def runs_of(ids: Sequence[int], token: int) -> list[tuple[int, int]]:
     if start is not None:
         runs.append((start, len(ids)))
     return runs
+
+
+def split_runs(ids: Sequence[int], token: int, counts: Sequence[int]) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each image when images hold ``counts[k]`` consecutive ``token`` positions each.
+
+    Two images written back to back (``<image>\n<image>``) form one run of placeholder tokens; the per-image
+    counts split it.
+
+    Raises:
+        UnsupportedModelError: The positions of ``token`` do not form one contiguous block per image.
+    """
+    where = [i for i, t in enumerate(ids) if t == token]
+    if len(where) != sum(counts):
+        raise UnsupportedModelError(f"{len(where)} image-token positions for images of {list(counts)} tokens; "
+                                    "the processor and the model disagree about the number of image tokens.")
+    spans, cursor = [], 0
+    for count in counts:
+        block = where[cursor:cursor + count]
+        if block[-1] - block[0] != count - 1:
+            raise UnsupportedModelError(f"the {count} tokens of image {len(spans)} are not contiguous.")
+        spans.append((block[0], block[-1] + 1))
+        cursor += count
+    return spans
 
 
 def _spans_without(prompt: str, start: int, placeholder: str) -> list[tuple[int, int]]:

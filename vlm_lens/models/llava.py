@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from ..errors import UnsupportedModelError
-from .base import Adapter, GridBlock, Span, runs_of
+from .base import Adapter, GridBlock, Span, split_runs
 
 __all__ = ["LlavaAdapter", "LlavaNextAdapter"]
 
@@ -45,26 +45,24 @@ class LlavaAdapter(Adapter):
             raise UnsupportedModelError(f"vision_feature_select_strategy={strategy!r} is not one the {self.family} "
                                         "adapter understands ('default' or 'full').")
 
-    @property
-    def _patch(self) -> int:
-        return int(self.model.config.vision_config.patch_size)
-
     def image_spans(self, ids: list[int], model_inputs: dict[str, Any], sample: int,
                     images: list[list[Image.Image]]) -> list[Span]:
         first = sum(len(s) for s in images[:sample])
-        pixel_values = model_inputs["pixel_values"]
+        layouts = [self.image_layout(model_inputs, first + k) for k in range(len(images[sample]))]
+        counts = [max(block.offset + block.length for block in layout) for layout in layouts]
+        return [Span(start, stop, k, (layout[0].rows, layout[0].cols), layout)
+                for k, ((start, stop), layout) in enumerate(zip(split_runs(ids, self.image_token_id, counts), layouts))]
+
+    def image_layout(self, model_inputs: dict[str, Any], image: int) -> tuple[GridBlock, ...]:
+        """The token blocks of image number ``image`` of the batch: one ``rows x cols`` patch grid, after the CLS
+        embedding when the select strategy keeps it."""
+        height, width = model_inputs["pixel_values"][image].shape[-2:]
         with_cls = self.model.config.vision_feature_select_strategy == "full"
-        spans = []
-        for k, (start, stop) in enumerate(runs_of(ids, self.image_token_id)):
-            height, width = pixel_values[first + k].shape[-2:]
-            rows, cols = height // self._patch, width // self._patch
-            offset = int(with_cls)
-            if stop - start != rows * cols + offset:
-                raise UnsupportedModelError(f"image {k} has {stop - start} tokens, expected {rows}x{cols}"
-                                            f"{' + CLS' if with_cls else ''}; the processor and the model "
-                                            "disagree about the patch grid.")
-            spans.append(Span(start, stop, k, (rows, cols), (GridBlock("base", offset, rows, cols),)))
-        return spans
+        return (GridBlock("base", int(with_cls), height // self._patch, width // self._patch),)
+
+    @property
+    def _patch(self) -> int:
+        return int(self.model.config.vision_config.patch_size)
 
 
 class LlavaNextAdapter(LlavaAdapter):
@@ -79,27 +77,17 @@ class LlavaNextAdapter(LlavaAdapter):
                 f"vision_feature_select_strategy={config.vision_feature_select_strategy!r}: LLaVA-NeXT's anyres "
                 "packing only lines up with 'default' (CLS dropped); the adapter refuses other strategies.")
 
-    def image_spans(self, ids: list[int], model_inputs: dict[str, Any], sample: int,
-                    images: list[list[Image.Image]]) -> list[Span]:
+    def image_layout(self, model_inputs: dict[str, Any], image: int) -> tuple[GridBlock, ...]:
+        """Base grid, then the crops stitched into one grid, unpadded to the image's aspect ratio, with a newline
+        token after each row (the layout of LLaVA-NeXT's ``pack_image_features``)."""
         from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
 
         config = self.model.config
-        first = sum(len(s) for s in images[:sample])
         side = config.vision_config.image_size // self._patch
-        spans = []
-        for k, (start, stop) in enumerate(runs_of(ids, self.image_token_id)):
-            size = model_inputs["image_sizes"][first + k].tolist()
-            base = GridBlock("base", 0, side, side)
-            # The processor always makes the base view plus >= 1 crop; the model stitches the crops into one
-            # (grid_h * side) x (grid_w * side) grid and crops away the letterbox padding.
-            grid_h, grid_w = get_anyres_image_grid_shape(size, config.image_grid_pinpoints,
-                                                         config.vision_config.image_size)
-            rows, cols = unpad_image(torch.empty(0, grid_h * side, grid_w * side), size).shape[1:]
-            layout = (base, GridBlock("crops", base.length, int(rows), int(cols), newline=True))
-            expected = sum(block.length for block in layout)
-            if stop - start != expected:
-                raise UnsupportedModelError(f"image {k} has {stop - start} tokens, the anyres layout gives "
-                                            f"{expected}; the processor and the model disagree.")
-            spans.append(Span(start, stop, k, (side, side), layout))
-        return spans
-
+        size = model_inputs["image_sizes"][image].tolist()
+        base = GridBlock("base", 0, side, side)
+        # The processor always makes the base view plus >= 1 crop; the model stitches the crops into one
+        # (grid_h * side) x (grid_w * side) grid and crops away the letterbox padding.
+        grid_h, grid_w = get_anyres_image_grid_shape(size, config.image_grid_pinpoints, config.vision_config.image_size)
+        rows, cols = unpad_image(torch.empty(0, grid_h * side, grid_w * side), size).shape[1:]
+        return base, GridBlock("crops", base.length, int(rows), int(cols), newline=True)
