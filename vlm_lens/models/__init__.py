@@ -14,6 +14,7 @@ from __future__ import annotations
 from ..errors import UnsupportedModelError
 from .base import Adapter, Encoded, GridBlock, Span
 from .llava import LlavaAdapter, LlavaNextAdapter
+from .mplug_owl2 import MPLUGOwl2Adapter
 
 __all__ = ["Adapter", "Encoded", "GridBlock", "Span", "adapter_class", "register", "supported_model_types"]
 
@@ -42,5 +43,5 @@ def adapter_class(model_type: str) -> type[Adapter]:
             "of its own and pass it to vlm_lens.models.register; docs/adding_a_family.md walks through it.") from None
 
 
-for _adapter in (LlavaAdapter, LlavaNextAdapter):
+for _adapter in (LlavaAdapter, LlavaNextAdapter, MPLUGOwl2Adapter):
     register(_adapter)
