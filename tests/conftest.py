@@ -7,6 +7,10 @@ LLaVA-NeXT's variable number of image tokens.
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub: fail fast instead of retrying
+
 import numpy as np
 import pytest
 import torch

@@ -12,9 +12,11 @@ Example:
 
 __version__ = "0.1.0"
 
+from . import plot  # noqa: E402  (imports no matplotlib until a figure is drawn)
 from .errors import VlmLensError  # noqa: E402
 from .loading import LensModel, load, wrap  # noqa: E402
 from .trace import trace, trace_batch  # noqa: E402
+from .report import write_report  # noqa: E402
 from .trace_result import Trace  # noqa: E402
 
-__all__ = ["LensModel", "Trace", "VlmLensError", "load", "trace", "trace_batch", "wrap"]
+__all__ = ["LensModel", "Trace", "VlmLensError", "load", "plot", "trace", "trace_batch", "wrap", "write_report"]

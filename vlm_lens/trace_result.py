@@ -180,6 +180,20 @@ class Trace:
             "rank": ranks.reshape(-1).numpy(),
         })
 
+    # ------------------------------------------------------------------------------------------ figures, report
+    @property
+    def plot(self) -> Any:
+        """Figures of this trace: ``t.plot.latent_output()``, ``t.plot.topk()``, ... (see :mod:`vlm_lens.plot`)."""
+        from .plot import TracePlots
+
+        return TracePlots(self)
+
+    def report(self, path: str | Path, **kwargs: Any) -> Path:
+        """Write this trace as one self-contained HTML page (see :func:`vlm_lens.report.write_report`)."""
+        from .report import write_report
+
+        return write_report(self, path, **kwargs)
+
     # ----------------------------------------------------------------------------------------------- save/load
     def save(self, path: str | Path) -> Path:
         """Write the trace to folder ``path`` (safetensors + parquet + json). Returns the folder."""

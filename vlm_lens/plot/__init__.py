@@ -1,0 +1,39 @@
+"""Figures drawn from results: publication-ready matplotlib figures of Traces (and, through the ``draw_*``
+functions, of any table or matrix of the same shape, such as averages over a dataset run).
+
+Plotting reads results; it never computes them. Every figure function takes a :class:`~vlm_lens.Trace` (or two, for
+:func:`compare`), reads it through the Trace's own public readers (``lens``, ``lens_targets``, ``attention``), and
+returns a :class:`matplotlib.figure.Figure` built without ``pyplot`` (no global state: safe in scripts, servers and
+notebooks alike). ``path=`` or :func:`save` writes PNG, SVG or PDF by suffix.
+
+=====================  ========================================================================================
+:func:`latent_output`  layers x positions, the lens's top-1 token written in each cell, coloured by probability
+:func:`topk`           the top-k candidates per layer at one position, the final output highlighted
+:func:`target_words`   chosen words' probability (or rank) across layers
+:func:`attention`      layer x context-token heatmap of one token's attention, segments marked
+:func:`attention_mass` that attention summed by segment, per layer (stacked area)
+:func:`patch_overlay`  attention or lens probability laid over the image's patch grid
+:func:`compare`        any of the above for two traces, one shared scale, plus a difference panel
+=====================  ========================================================================================
+
+Example:
+    >>> import tempfile, numpy as np, vlm_lens as vl
+    >>> from vlm_lens.tiny import tiny_llava
+    >>> from vlm_lens.plot import latent_output, save
+    >>> m = vl.load(tiny_llava(tempfile.mkdtemp(), layers=2))
+    >>> t = vl.trace(m, np.zeros((32, 32, 3), np.uint8), "rate the quality of this image", generate=2)
+    >>> fig = latent_output(t, positions="response", context=2)
+    >>> fig.axes[0].get_label()
+    'latent_output'
+"""
+
+from ._style import save
+from .accessor import TracePlots
+from .attention import attention, attention_mass, draw_attention, draw_attention_mass, draw_patch_grids, patch_overlay
+from .compare import compare
+from .latent import draw_grid, latent_output
+from .topk import LEVELS, draw_target_words, draw_topk, target_words, topk
+
+__all__ = ["LEVELS", "TracePlots", "attention", "attention_mass", "compare", "draw_attention", "draw_attention_mass",
+           "draw_grid", "draw_patch_grids", "draw_target_words", "draw_topk", "latent_output", "patch_overlay", "save",
+           "target_words", "topk"]

@@ -1,0 +1,146 @@
+"""Latent-output heatmap: what every layer would answer at every position, read through the logit lens.
+
+Rows are layers (0 = decoder input, at the bottom), columns are positions; each cell holds the lens's top-1 token
+at that layer and position, coloured by its probability, by the probability of the token the model finally outputs
+there, or by the probability of a chosen word. Image positions are collapsed to one column per image (the most
+frequent top-1 token across the image, mean probability), drawn as a narrow band, shown one by one, or hidden.
+Long sequences are windowed to the last ``max_columns`` columns, never squeezed into an unreadable wall.
+
+Example:
+    >>> fig = vl.plot.latent_output(t, positions="response", context=6)        # doctest: +SKIP
+    >>> vl.plot.save(fig, "latent.pdf")                                        # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from . import _data
+from ._style import SEGMENT_COLORS, new_figure, save, style, thin_ticks
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    from ..trace_result import Trace
+
+__all__ = ["draw_grid", "latent_output"]
+
+
+def latent_output(trace: "Trace", *, positions: Sequence[int] | str | None = None, context: int = 4,
+                  layers: Sequence[int] | None = None, color: str | int = "top1", image_tokens: str = "collapse",
+                  max_columns: int = 40, max_label: int = 8, cmap: str = "viridis", vmax: float | None = None,
+                  path: str | Path | None = None) -> "Figure":
+    """Latent-output heatmap: layers x positions, the lens top-1 token written into each cell.
+
+    Args:
+        trace: A Trace with its model attached (the lens needs the final norm and output head).
+        positions: Which positions: a list, a segment name (``"response"``, ``"instruction"``, ...) or None for
+            every kept position.
+        context: With a segment name, also show this many positions before the segment.
+        layers: Hidden-state indices (rows); default every kept layer.
+        color: ``"top1"`` (probability of the written token), ``"final"`` (probability of the token the last layer
+            outputs at that position) or a target word / token id (its probability).
+        image_tokens: ``"collapse"`` (one column per image: its most frequent top-1 token, mean probability),
+            ``"band"`` (a narrow strip, no text), ``"full"`` or ``"hide"``.
+        max_columns: At most this many columns; longer selections keep the last ones (the answer end).
+        max_label: Longest token text written, in characters (elided with ``…``).
+        cmap: Colormap of the probabilities.
+        vmax: Top of the colour scale (default: the largest value shown).
+        path: Also save the figure there (``.png``, ``.svg`` or ``.pdf``).
+
+    Returns:
+        The Figure; its heatmap Axes is labelled ``"latent_output"``.
+
+    Example:
+        >>> fig = latent_output(t, positions="response", context=4, color="final")   # doctest: +SKIP
+    """
+    grid = latent_data(trace, positions=positions, context=context, layers=layers, color=color,
+                       image_tokens=image_tokens, max_columns=max_columns)
+    with style():
+        fig = _figure_for(grid, panels=1)
+        ax = fig.add_subplot()
+        mesh = draw_grid(ax, grid, norm=_norm(vmax if vmax is not None else _top(grid.values)), cmap=cmap,
+                         max_label=max_label)
+        ax.set_label("latent_output")
+        ax.set_title("logit lens: top-1 token per layer" + (f"\n{grid.note}" if grid.note else ""))
+        fig.colorbar(mesh, ax=ax, label=grid.label, shrink=0.9)
+    if path is not None:
+        save(fig, path)
+    return fig
+
+
+def latent_data(trace: "Trace", *, positions=None, context: int = 4, layers=None, color="top1",
+                image_tokens: str = "collapse", max_columns: int = 40) -> "_data.Grid":
+    """The :class:`~vlm_lens.plot._data.Grid` :func:`latent_output` draws (for comparisons and custom figures)."""
+    chosen = _data.select_positions(trace, positions, context)
+    columns, note = _data.window(_data.build_columns(trace, chosen, image_tokens), max_columns)
+    grid = _data.latent_grid(trace, chosen, columns, _data.lens_layers(trace, layers), color)
+    grid.note = note
+    return grid
+
+
+def draw_grid(ax: "Axes", grid: "_data.Grid", *, norm: "Normalize", cmap: str = "viridis", max_label: int = 8,
+              xlabel: str = "position", ylabel: str = "layer (0 = decoder input)"):
+    """Draw a layers x columns :class:`~vlm_lens.plot._data.Grid` on ``ax``: variable-width columns, cell texts
+    where they fit, x tick labels coloured by segment, thin separators at segment changes. Returns the mesh."""
+    widths = np.array([c.width for c in grid.columns])
+    x = np.concatenate([[0.0], np.cumsum(widths)])
+    y = np.arange(len(grid.layers) + 1) - 0.5
+    mesh = ax.pcolormesh(x, y, grid.values, cmap=cmap, norm=norm, edgecolors="face", linewidth=0)
+    centers = (x[:-1] + x[1:]) / 2
+    fig_w, fig_h = ax.figure.get_size_inches()
+    cell_w = (fig_w - 1.8) / max(x[-1], 1) * 72                   # points per unit column
+    cell_h = (fig_h - 1.6) / max(len(grid.layers), 1) * 72
+    size = min(7.0, cell_w / (0.62 * max_label), cell_h * 0.7)
+    colormap = mesh.get_cmap()
+    if size >= 4 and grid.words:
+        for i in range(len(grid.layers)):
+            for j, c in enumerate(grid.columns):
+                word = grid.words[i][j]
+                if word and c.text:
+                    r, g, b, _ = colormap(norm(grid.values[i, j]))
+                    ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+                    ax.text(centers[j], i, word[:max_label] if len(word) <= max_label else word[: max_label - 1] + "…",
+                            ha="center", va="center", fontsize=size, color=ink)
+    ticks, labels, segments = _data.column_ticks(grid.columns, x)
+    keep = thin_ticks(len(ticks), 60)
+    ax.set_xticks([ticks[i] for i in keep], [labels[i] for i in keep], rotation=60, ha="right",
+                  rotation_mode="anchor")
+    for tick, i in zip(ax.get_xticklabels(), keep):
+        tick.set_color(_darker(SEGMENT_COLORS.get(segments[i], "#000000")))
+    rows = thin_ticks(len(grid.layers), 40)
+    ax.set_yticks(rows, [str(grid.layers[i]) for i in rows])
+    for j in range(1, len(grid.columns)):
+        if grid.columns[j].segment != grid.columns[j - 1].segment:
+            ax.axvline(x[j], color="white", linewidth=1.2)
+    ax.set_xlim(0, x[-1])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    return mesh
+
+
+def _figure_for(grid: "_data.Grid", panels: int, extra_height: float = 0.0) -> "Figure":
+    width = sum(c.width for c in grid.columns)
+    return new_figure(1.8 + (0.5 * width + 1.2) * panels, 1.9 + 0.26 * len(grid.layers) + extra_height)
+
+
+def _norm(vmax: float, vmin: float = 0.0):
+    from matplotlib.colors import Normalize
+
+    return Normalize(vmin=vmin, vmax=vmax if vmax > vmin else vmin + 1e-6)
+
+
+def _top(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.max()) if finite.size else 1.0
+
+
+def _darker(color: str) -> tuple[float, float, float]:
+    from matplotlib.colors import to_rgb
+
+    return tuple(0.75 * c for c in to_rgb(color))
