@@ -21,6 +21,9 @@ from vlm_lens.tiny import tiny_llava
 
 torch.set_num_threads(2)
 
+#: Records feature outcomes per model family for docs/families.md (see tests/families_record.py).
+pytest_plugins = ["families_record"]
+
 #: name -> tiny_llava keyword arguments
 SHAPES = {
     "mha": dict(layers=2, heads=4, kv_heads=4, seed=1),

@@ -100,8 +100,8 @@ def load(path_or_name: str | Path, *, dtype: torch.dtype | str | None = None, de
         from .zoo import checkpoint_path  # the shipped tiny checkpoints
 
         source = str(checkpoint_path(source[len("zoo:"):]))
-    model_type = _model_type(source)
-    cls = adapter_class(model_type)
+    model_type, config = _model_config(source)
+    cls = adapter_class(model_type, config)  # unknown families with the common layout: the generic adapter
     if isinstance(dtype, str):
         dtype = _parse_dtype(dtype)
     model, loaded_processor = cls.from_pretrained(source, dtype=dtype, device_map=device_map,
@@ -126,11 +126,13 @@ def wrap(model: nn.Module, processor: Any = None, *, name: str = "") -> LensMode
     if model_type is None:
         raise UnsupportedModelError(f"{type(model).__name__} has no `config.model_type`; vlm_lens wraps "
                                     "Hugging Face PreTrainedModel instances.")
-    adapter = adapter_class(model_type)(model.eval(), processor)
+    adapter = adapter_class(model_type, config)(model.eval(), processor)
     return LensModel(model, processor, adapter, name=name or getattr(config, "_name_or_path", ""))
 
 
-def _model_type(source: str) -> str:
+def _model_config(source: str) -> tuple[str, Any]:
+    """``(model_type, config)`` of a checkpoint, read before any weights: ``config.json`` as a mapping for a folder,
+    the config object for a cached hub id."""
     path = Path(source)
     if path.is_dir():
         config_file = path / "config.json"
@@ -138,18 +140,20 @@ def _model_type(source: str) -> str:
             raise VlmLensError(f"{source!r} is a folder without config.json; point load() at a checkpoint "
                                "folder (config.json + weights).")
         try:
-            model_type = json.loads(config_file.read_text()).get("model_type")
+            config = json.loads(config_file.read_text())
         except json.JSONDecodeError as err:
             raise VlmLensError(f"{config_file} is not valid JSON ({err}).") from None
+        model_type = config.get("model_type") if isinstance(config, dict) else None
         if not model_type:
             raise UnsupportedModelError(f"{config_file} has no model_type; vlm_lens cannot tell the family.")
-        return model_type
+        return model_type, config
     if path.exists():
         raise VlmLensError(f"{source!r} is a file; load() takes a checkpoint folder or a hub id.")
     try:
         from transformers import AutoConfig
 
-        return AutoConfig.from_pretrained(source, trust_remote_code=False).model_type
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
+        return config.model_type, config
     except Exception as err:  # noqa: BLE001 - every failure here means the same thing to the user
         raise VlmLensError(f"{source!r} is neither a local folder nor a hub id in the local cache ({err}). "
                            "Download the checkpoint to a folder and pass its path.") from None

@@ -139,6 +139,11 @@ def trace_batch(model: LensModel, images: Sequence[Any], prompts: Sequence[str],
 
     forward = adapter.forward_inputs(input_ids.to(model.device), attention_mask.to(model.device),
                                      _to(encoded.model_inputs, model.device))
+    response_mask = torch.zeros_like(input_ids, dtype=torch.bool)
+    for i, response in enumerate(responses):
+        if response:
+            response_mask[i, width - len(response):] = True
+    forward = adapter.response_inputs(forward, response_mask.to(model.device))
     if "logits_to_keep" in inspect.signature(model.model.forward).parameters:
         forward["logits_to_keep"] = query_index.to(model.device)
     capture = Capture(adapter, hidden_layers, query_index if attention_layers else None, attention_layers,

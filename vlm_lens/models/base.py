@@ -43,7 +43,8 @@ class GridBlock:
 
     Attributes:
         name: ``"base"`` for the whole image at the encoder's resolution, ``"crops"`` for the high-resolution tiles
-            of anyres families.
+            of anyres families stitched into one grid, ``"crop_<r>_<c>"`` for a tile kept apart (Idefics3),
+            ``"newline"`` for a lone newline token (``rows=1, cols=0, newline=True``: LLaVA-OneVision's multi-image).
         offset: Index of the block's first token inside its image span.
         rows: Number of token rows.
         cols: Number of image tokens per row (not counting a newline token).
@@ -70,8 +71,9 @@ class Span:
         stop: One past the last position.
         image_index: For image spans, which image of the prompt (0-based) the span holds; None otherwise.
         grid: ``(rows, cols)`` of the base patch grid when the image tokens (or their first block) are spatial.
-        layout: The blocks an image span is made of, in order; empty when the tokens are not spatial (e.g. the
-            learned queries of a Q-Former or abstractor) and for text spans.
+        layout: The blocks an image span is made of, in sequence order except that the block of the whole image
+            comes first (``layout[0]``, the grid patch maps use; Idefics3 places it after its tiles); empty when
+            the tokens are not spatial (e.g. the learned queries of a Q-Former or abstractor) and for text spans.
     """
 
     start: int
@@ -166,17 +168,26 @@ class Adapter:
                         attn_implementation: str, trust_remote_code: bool) -> tuple[nn.Module, Any]:
         """Load model and processor from ``source``. Default: transformers' image-text-to-text auto classes,
         with PIL image processors (the torchvision backend is neither required nor bit-identical)."""
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
 
         model = AutoModelForImageTextToText.from_pretrained(
             source, dtype=dtype if dtype is not None else "auto", device_map=device_map,
             attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
         try:
-            processor = AutoProcessor.from_pretrained(source, backend="pil", trust_remote_code=trust_remote_code)
+            processor = cls.load_processor(source, model, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as err:
             raise VlmLensError(f"{source!r}: the processor could not be loaded ({err}). Save the processor next to "
                                "the weights, or load the model yourself and call vl.wrap(model, processor).") from None
         return model.eval(), processor
+
+    @classmethod
+    def load_processor(cls, source: str, model: nn.Module, *, trust_remote_code: bool) -> Any:
+        """The processor stored with the checkpoint at ``source`` (``model`` is the model just loaded from there).
+        Default: ``AutoProcessor`` with the PIL image processor. Families whose processor also wants a video
+        processor (which needs torchvision) override this to compose image processor + tokenizer."""
+        from transformers import AutoProcessor
+
+        return AutoProcessor.from_pretrained(source, backend="pil", trust_remote_code=trust_remote_code)
 
     # ----------------------------------------------------------------------------------------------- structure
     def check_config(self, config: Any) -> None:
@@ -292,8 +303,7 @@ class Adapter:
 
     def encode(self, images: list[list[Image.Image]], prompts: list[Prompt]) -> Encoded:
         """Process a batch (images per sample, rendered prompts) into a left-padded :class:`Encoded`."""
-        flat = [image for sample in images for image in sample]
-        batch = self.processor(images=flat or None, text=[p.text for p in prompts], padding=True,
+        batch = self.processor(images=self.processor_images(images), text=[p.text for p in prompts], padding=True,
                                padding_side="left", return_tensors="pt")
         input_ids, attention_mask = batch.pop("input_ids"), batch.pop("attention_mask")
         model_inputs = dict(batch)
@@ -303,6 +313,12 @@ class Adapter:
             segments.append(self.label_segments(prompt, ids))
             spans.append(self.image_spans(ids, model_inputs, i, images))
         return Encoded(input_ids, attention_mask, model_inputs, segments, spans)
+
+    def processor_images(self, images: list[list[Image.Image]]) -> Any:
+        """What :meth:`encode` passes to the processor as ``images=``. Default: one flat list (None when there are
+        no images); families whose processor needs to know which images share a prompt return nested lists."""
+        flat = [image for sample in images for image in sample]
+        return flat or None
 
     def label_segments(self, prompt: Prompt, ids: list[int]) -> list[str]:
         """Label each position of one unpadded prompt as system / image / instruction.
@@ -353,6 +369,14 @@ class Adapter:
         position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         return {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids,
                 **model_inputs}
+
+    def response_inputs(self, inputs: dict[str, Any], response_mask: torch.Tensor) -> dict[str, Any]:
+        """Adjust the traced forward's keyword arguments (from :meth:`forward_inputs`) for the generated positions.
+
+        ``response_mask`` is ``[batch, pos]``, True at response (generated) positions. Default: unchanged. Families
+        whose masking tells the prompt from the answer (PaliGemma's bidirectional prefix) mark them here.
+        """
+        return inputs
 
     def generate_inputs(self, encoded: Encoded) -> dict[str, Any]:
         """Keyword arguments of ``model.generate`` for the prompt batch."""
