@@ -103,6 +103,35 @@ def test_sampling_is_seeded_and_leaves_global_rng_alone(models, image):
     assert len({tuple(r) for r in runs}) > 1
 
 
+def test_sampled_answers_do_not_depend_on_the_batch(models):
+    m = models["gqa"]
+    images = [random_image(i) for i in range(3)]
+    batch = vl.trace(m, images, [PROMPT] * 3, generate=6, do_sample=True, temperature=1.3, top_p=0.9, seed=11)
+    for b, image in zip(batch, images):
+        alone = vl.trace(m, image, PROMPT, generate=6, do_sample=True, temperature=1.3, top_p=0.9, seed=11)
+        assert b.response_ids == alone.response_ids and b.meta["seed"] == 11
+    per_sample = vl.trace(m, images, [PROMPT] * 3, generate=6, do_sample=True, seed=[1, 2, 3])
+    assert [t.meta["seed"] for t in per_sample] == [1, 2, 3]
+    fresh = vl.trace(m, images[0], PROMPT, generate=2, do_sample=True)
+    assert isinstance(fresh.meta["seed"], int)  # the seed drawn is recorded, so the answer can be reproduced
+    again = vl.trace(m, images[0], PROMPT, generate=2, do_sample=True, seed=fresh.meta["seed"])
+    assert again.response_ids == fresh.response_ids
+    with pytest.raises(vl.VlmLensError, match="one int per prompt"):
+        vl.trace(m, images, [PROMPT] * 3, generate=2, do_sample=True, seed=[1, 2])
+
+
+def test_prefill_starts_the_answer(models, image):
+    m = models["mha"]
+    t = vl.trace(m, image, PROMPT, prefill="the quality of the image is", generate=2)
+    assert t.meta["rendered_prompt"] == f"USER: <image>\n{PROMPT} ASSISTANT: the quality of the image is"
+    prompt_tokens = t.tokens.iloc[:t.prompt_length]
+    assert prompt_tokens.text.tolist()[-6:] == ["the", "quality", "of", "the", "image", "is"]
+    assert (prompt_tokens.segment.iloc[-8:] == "system").all()  # "assistant :" + the prefill: not the user's words
+    # a prompt that already ends with the prefill is left alone
+    same = vl.trace(m, image, PROMPT, prefill="ASSISTANT:")
+    assert same.meta["rendered_prompt"].endswith("? ASSISTANT:")
+
+
 def test_text_of_tokens_and_answer(models, image):
     m = models["mha"]
     t = vl.trace(m, image, PROMPT, generate=3)

@@ -33,8 +33,7 @@ import pandas as pd
 import torch
 
 from .errors import VlmLensError
-from .models.base import Prompt, Span
-from .sampling import RowSampler, derive_seed
+from .sampling import derive_seed
 from .trace import trace_batch
 
 if TYPE_CHECKING:
@@ -120,55 +119,24 @@ def trace_samples(model: "LensModel", images: Sequence[Any], ids: Sequence[str],
         padded, and sampled rows draw from their own generators (:class:`~vlm_lens.sampling.RowSampler`).
     """
     adapter = model.adapter
-    rendered = adapter.format_prompt(request.prompt, 1, system=request.system)
-    text = rendered.text
-    if request.prefill and not " ".join(text.split()).lower().endswith(" ".join(request.prefill.split()).lower()):
-        # (a prompt format may end with the prefill already, e.g. mPLUG-Owl2's "q-align" format)
-        text += ("" if text[-1:].isspace() else " ") + request.prefill
     rows = [(i, r) for i in range(len(images)) for r in range(request.repeats)]
-    seeds = [[derive_seed(request.seed, sample_id, r) for r in range(request.repeats)] for sample_id in ids]
-    kwargs: dict[str, Any] = {"generate": request.generate, "template": False,
+    kwargs: dict[str, Any] = {"generate": request.generate, "prefill": request.prefill, "system": request.system,
                               "attention": request.attention}
     if request.hidden:
         kwargs["positions"] = list(range(-(request.generate + 1), 0))
     else:
         kwargs.update(layers=[adapter.n_layers], positions=[-1])
+    if request.sampled:
+        kwargs.update(do_sample=True, temperature=request.temperature, top_p=request.top_p)
     out: list[list[Trace]] = [[] for _ in images]
-    labels: dict[tuple[int, ...], list[str]] = {}  # prompts of equal ids (same image size) share their labels
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        extra = dict(kwargs)
-        if request.sampled:
-            from transformers import LogitsProcessorList
-
-            sampler = RowSampler([seeds[i][r] for i, r in chunk], request.temperature, request.top_p)
-            extra["generation_kwargs"] = {"logits_processor": LogitsProcessorList([sampler])}
-        traces = trace_batch(model, [images[i] for i, _ in chunk], [text] * len(chunk), **extra)
-        for (i, r), t in zip(chunk, traces):
-            ids = tuple(t.tokens["id"].iloc[:t.prompt_length].tolist())
-            if ids not in labels:
-                labels[ids] = adapter.label_segments(Prompt(text, rendered.instruction_spans), list(ids))
-            out[i].append(_relabel(t, labels[ids], request, seeds[i][r]))
+        seeds = [derive_seed(request.seed, ids[i], r) for i, r in chunk] if request.sampled else None
+        traces = trace_batch(model, [images[i] for i, _ in chunk], [request.prompt] * len(chunk), seed=seeds,
+                             **kwargs)
+        for (i, _), t in zip(chunk, traces):
+            out[i].append(t)
     return out
-
-
-def _relabel(t: "Trace", labels: list[str], request: TraceRequest, seed: int) -> "Trace":
-    """Give a trace of a pre-rendered prompt (``template=False``) the segment labels the chat template implies.
-
-    ``trace_batch`` cannot prefill the answer yet, so the prompt is rendered here and traced verbatim; verbatim
-    prompts are labelled all-instruction, which would count "USER:" / "ASSISTANT:" as the user's words. The labels
-    are recomputed from the rendered prompt's own instruction spans (``labels``, one per prompt position); the
-    prefill counts as template (system).
-    """
-    tokens = t.tokens.copy()
-    tokens.loc[:t.prompt_length - 1, "segment"] = labels
-    spans = {k: v for k, v in t.spans.items() if k != "instruction"}
-    where = [p for p, s in enumerate(labels) if s == "instruction"]
-    if where:
-        spans["instruction"] = Span(where[0], where[-1] + 1)
-    meta = dict(t.meta, prompt=request.prompt, prefill=request.prefill, do_sample=request.sampled,
-                temperature=request.temperature, top_p=request.top_p, seed=seed if request.sampled else None)
-    return dataclasses.replace(t, tokens=tokens, spans=spans, meta=meta)
 
 
 def accumulate(sums: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:

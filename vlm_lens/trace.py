@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import inspect
+import secrets
 from typing import Any, Sequence
 
 import pandas as pd
@@ -29,7 +30,8 @@ from .capture import Capture
 from .errors import VlmLensError
 from .images import ImageLike, load_image
 from .loading import LensModel
-from .models.base import Encoded, Span
+from .models.base import Encoded, Prompt, Span
+from .sampling import RowSampler
 from .trace_result import Trace
 
 __all__ = ["trace", "trace_batch"]
@@ -68,8 +70,8 @@ def trace(model: LensModel, image: ImageLike | Sequence[ImageLike] | None, promp
 @torch.no_grad()
 def trace_batch(model: LensModel, images: Sequence[Any], prompts: Sequence[str], *,
                 generate: int | bool = 0, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-                seed: int | None = None, generation_kwargs: dict[str, Any] | None = None,
-                system: str | None = None, template: bool = True,
+                seed: int | Sequence[int] | None = None, generation_kwargs: dict[str, Any] | None = None,
+                system: str | None = None, template: bool = True, prefill: str | None = None,
                 layers: Sequence[int] | None = None, positions: Sequence[int] | None = None,
                 query_positions: Sequence[int] | None = None, attention: bool | Sequence[int] = True,
                 dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> list[Trace]:
@@ -80,11 +82,16 @@ def trace_batch(model: LensModel, images: Sequence[Any], prompts: Sequence[str],
         images: Per sample: an image, a list of images, or None.
         prompts: Per sample: the user's question.
         generate: Generate up to this many tokens first (``True``: 32), then trace prompt + answer.
-        do_sample, temperature, top_p, seed: Sampling settings (greedy by default). ``seed`` makes sampling
-            reproducible without touching the global random state.
+        do_sample, temperature, top_p, seed: Sampling settings (greedy by default). Each sample draws from its
+            own generator, seeded with ``seed`` (one int for all samples, or one per sample; None: a fresh random
+            seed, recorded in ``meta["seed"]``), so a sampled answer does not depend on the rest of the batch and
+            the global random state is not touched.
         generation_kwargs: Further keyword arguments for ``model.generate``.
         system: A system prompt, where the chat template has a place for it.
         template: False to use each prompt verbatim (it must then contain the image placeholders).
+        prefill: Text the answer starts with, appended after the chat template's assistant prefix (e.g. Q-Align's
+            ``"The quality of the image is"``); it is labelled ``system``, and left out when the rendered prompt
+            already ends with it.
         layers: Hidden-state indices to keep, 0..n_layers (0 = decoder input); default all.
         positions: Sequence positions whose hidden states are kept (negative counts from the end); default all.
         query_positions: Positions whose attention rows and logits are kept. Default: with generation, the last
@@ -110,14 +117,15 @@ def trace_batch(model: LensModel, images: Sequence[Any], prompts: Sequence[str],
     hidden_layers = _check_indices(layers, n_layers + 1, "layers", "hidden-state indices 0..n_layers")
     attention_layers = _attention_layers(attention, n_layers)
     pictures = [_images_of(entry, i) for i, entry in enumerate(images)]
-    rendered = [adapter.format_prompt(p, len(pics), system=system, template=template)
+    rendered = [_prefilled(adapter.format_prompt(p, len(pics), system=system, template=template), prefill)
                 for p, pics in zip(prompts, pictures)]
+    seeds = _seeds(seed, len(prompts)) if do_sample else [None] * len(prompts)
     encoded = adapter.encode(pictures, rendered)
     _check_length(adapter, encoded, new_tokens)
 
     responses = [[] for _ in prompts]
     if new_tokens:
-        responses = _generate(model, encoded, new_tokens, do_sample, temperature, top_p, seed,
+        responses = _generate(model, encoded, new_tokens, do_sample, temperature, top_p, seeds,
                               generation_kwargs or {})
     sequences = [encoded.input_ids[i][encoded.attention_mask[i].bool()].tolist() + responses[i]
                  for i in range(len(prompts))]
@@ -171,34 +179,31 @@ def trace_batch(model: LensModel, images: Sequence[Any], prompts: Sequence[str],
             prompt_length=prompt_lengths[i],
             meta={"model": model.name, "family": adapter.family, "prompt": prompts[i],
                   "rendered_prompt": rendered[i].text, "images": [_describe(x) for x in _as_list(images[i])],
-                  "generate": new_tokens, "do_sample": do_sample, "temperature": temperature, "top_p": top_p,
-                  "seed": seed, "system": system, "vlm_lens_version": __version__},
+                  "prefill": prefill, "generate": new_tokens, "do_sample": do_sample, "temperature": temperature,
+                  "top_p": top_p, "seed": seeds[i], "system": system, "vlm_lens_version": __version__},
             model=model))
     return traces
 
 
 # ------------------------------------------------------------------------------------------------- generation
 def _generate(model: LensModel, encoded: Encoded, new_tokens: int, do_sample: bool, temperature: float,
-              top_p: float, seed: int | None, extra: dict[str, Any]) -> list[list[int]]:
+              top_p: float, seeds: list[int | None], extra: dict[str, Any]) -> list[list[int]]:
+    from transformers import LogitsProcessorList
+
     adapter = model.adapter
-    kwargs: dict[str, Any] = {"max_new_tokens": new_tokens, "do_sample": do_sample,
+    kwargs: dict[str, Any] = {"max_new_tokens": new_tokens, "do_sample": False,
                               "pad_token_id": adapter.pad_token_id}
     if adapter.placeholder_ids:
         # A generated image placeholder would be replaced by image features in the teacher-forced pass, so the
         # traced sequence would not be the generated one; the placeholder is never a valid answer token.
         kwargs["suppress_tokens"] = adapter.placeholder_ids
-    if do_sample:
-        if not temperature > 0 or not 0 < top_p <= 1:
-            raise VlmLensError(f"temperature={temperature}, top_p={top_p}: sampling needs temperature > 0 and "
-                               "0 < top_p <= 1.")
-        kwargs.update(temperature=temperature, top_p=top_p)
     kwargs.update(extra)
-    inputs = _to(adapter.generate_inputs(encoded), model.device)
-    devices = [model.device] if model.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        if seed is not None:
-            torch.manual_seed(seed)
-        output = model.model.generate(**inputs, **kwargs)
+    if do_sample:
+        # generate(do_sample=True) draws every row from one random stream, so a row's answer would depend on its
+        # batch; each row draws from its own generator instead, and greedy decoding emits the drawn token.
+        sampler = RowSampler(seeds, temperature, top_p)
+        kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []), sampler])
+    output = model.model.generate(**_to(adapter.generate_inputs(encoded), model.device), **kwargs)
     sequences = output if isinstance(output, torch.Tensor) else output.sequences
     new = sequences[:, encoded.input_ids.shape[1]:].tolist()
     eos = adapter.eos_token_ids
@@ -207,6 +212,26 @@ def _generate(model: LensModel, encoded: Encoded, new_tokens: int, do_sample: bo
         end = next((k + 1 for k, token in enumerate(row) if token in eos), len(row))
         responses.append(row[:end])
     return responses
+
+
+def _seeds(seed: int | Sequence[int] | None, n: int) -> list[int]:
+    if seed is None:
+        return [secrets.randbits(63) for _ in range(n)]
+    if isinstance(seed, int) and not isinstance(seed, bool):
+        return [seed] * n
+    seeds = list(seed)
+    if len(seeds) != n or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise VlmLensError(f"seed: expected an int or one int per prompt ({n}), got {seed!r}.")
+    return seeds
+
+
+def _prefilled(prompt: Prompt, prefill: str | None) -> Prompt:
+    if not prefill:
+        return prompt
+    text = prompt.text
+    if " ".join(text.split()).lower().endswith(" ".join(prefill.split()).lower()):
+        return prompt  # the prompt format already ends with it (e.g. mPLUG-Owl2's "q-align" format)
+    return Prompt(text + ("" if text[-1:].isspace() else " ") + prefill, prompt.instruction_spans)
 
 
 # ------------------------------------------------------------------------------------------------- validation

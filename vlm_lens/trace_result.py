@@ -180,6 +180,19 @@ class Trace:
             "rank": ranks.reshape(-1).numpy(),
         })
 
+    # ------------------------------------------------------------------------------------------------ analyses
+    def attention_mass(self, by: str = "segment", **kwargs: Any) -> pd.DataFrame:
+        """Attention of the query positions summed by segment (see :func:`vlm_lens.attention.attention_mass`)."""
+        from .attention import attention_mass
+
+        return attention_mass(self, by, **kwargs)
+
+    def quality(self, **kwargs: Any) -> Any:
+        """The Q-Align-style quality score of this trace (see :func:`vlm_lens.iqa.quality`)."""
+        from .iqa import quality
+
+        return quality(self, **kwargs)
+
     # ------------------------------------------------------------------------------------------ figures, report
     @property
     def plot(self) -> Any:
