@@ -12,7 +12,7 @@ Example:
 
 __version__ = "0.1.0"
 
-from . import analyses, datasets, plot  # noqa: E402  (plot imports no matplotlib until a figure is drawn)
+from . import analyses, datasets, plot, zoo  # noqa: E402  (plot imports no matplotlib until a figure is drawn)
 from .compare import Comparison, compare  # noqa: E402
 from .errors import VlmLensError  # noqa: E402
 from .loading import LensModel, load, wrap  # noqa: E402
@@ -22,4 +22,4 @@ from .runs import RunResult, evaluate, run  # noqa: E402
 from .trace_result import Trace  # noqa: E402
 
 __all__ = ["Comparison", "LensModel", "RunResult", "Trace", "VlmLensError", "analyses", "compare", "datasets",
-           "evaluate", "load", "plot", "run", "trace", "trace_batch", "wrap", "write_report"]
+           "evaluate", "load", "plot", "run", "trace", "trace_batch", "wrap", "write_report", "zoo"]

@@ -1,0 +1,127 @@
+"""What one traced answer of a BIQA model says: its description, level, Q-Align score, attention and lens.
+
+Everything here reads a :class:`~vlm_lens.Trace` through the public API (``Trace.tokens``, ``Trace.logits``,
+``Trace.attention``, ``Trace.lens_targets``), so it works for the zoo models and for any real checkpoint that answers
+in the same "... the quality of the image is {level}." form.
+
+Positions. The *level position* is the response position holding the level word (the last level word that
+follows "is"). The *decision position* is the one before it: its logits choose the level word, so the Q-Align
+score, the attention rows and the logit lens are all read there.
+
+- **Q-Align score**: softmax of the decision position's logits restricted to the five level words, weighted
+  5 (excellent) .. 1 (bad), as Q-Align scores.
+- **Attention mass**: for each decoder layer, the decision position's attention (mean over heads) summed over
+  image tokens, description tokens (response tokens before the quality sentence) and everything else.
+- **Logit lens**: the first hidden-state index (0 = decoder input) at which the generated level word is the top-1
+  token of the lens at the decision position, and the first index from which it stays top-1 to the end.
+
+Example:
+    >>> t = vl.trace(m, image, PROMPTS[0], generate=48)       # doctest: +SKIP
+    >>> reading = read(t)                                      # doctest: +SKIP
+    >>> reading.level, reading.score                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..iqa import weighted_score
+from ..lens import target_token_ids
+from ..trace_result import Trace
+from .grammar import LEVEL_WEIGHTS, LEVELS, QUALITY_SENTENCE, parse
+
+__all__ = ["MASS_PARTS", "Reading", "read"]
+
+#: The key groups of the attention mass, in the column order of ``Reading.attention``.
+MASS_PARTS = ("image", "description", "other")
+
+
+@dataclass
+class Reading:
+    """One answer, read.
+
+    Attributes:
+        answer: The generated text.
+        description: The answer up to the quality sentence.
+        degradations: Degradation -> severity word named by the description (:func:`.grammar.parse`).
+        level: The generated level word, or None when the answer holds none.
+        score: Q-Align score in [1, 5] at the decision position (NaN without a level word).
+        level_probs: Probability of each of :data:`.grammar.LEVELS` among the five (NaN without a level word).
+        attention: ``[layer, 3]`` attention mass of the decision position on :data:`MASS_PARTS` (mean over
+            heads), or None.
+        lens_first_top1: First hidden-state index where the level word is the lens's top-1, or None.
+        lens_stays_top1: First hidden-state index from which it stays top-1 to the last layer, or None.
+        decision: The decision position (the one whose logits choose the level word), or None.
+        sentence_start: First position of the quality sentence (the description ends before it), or None.
+    """
+
+    answer: str
+    description: str
+    degradations: dict[str, str]
+    level: str | None
+    score: float
+    level_probs: np.ndarray
+    attention: np.ndarray | None
+    lens_first_top1: int | None
+    lens_stays_top1: int | None
+    decision: int | None = None
+    sentence_start: int | None = None
+
+
+def read(trace: Trace, *, lens: bool = True) -> Reading:
+    """Read one traced answer (see the module docstring for what is measured where)."""
+    tokenizer = trace.model.adapter.tokenizer if trace.model is not None else None
+    answer = trace.answer
+    texts = [t.strip().lower() for t in trace.tokens["text"]]
+    level_pos = _level_position(texts, trace.prompt_length)
+    nan = np.full(len(LEVELS), np.nan)
+    if level_pos is None:
+        return Reading(answer, answer, parse(answer), None, math.nan, nan, None, None, None)
+    sentence_start = _sentence_start(texts, level_pos)
+    description = " ".join(texts[trace.prompt_length:sentence_start])
+    decision = level_pos - 1
+    query = trace.query_positions.tolist()
+    if decision not in query:
+        raise ValueError(f"position {decision} was not a query position of this trace; trace with the default "
+                         "query positions (the response).")
+    row = query.index(decision)
+    level_ids = target_token_ids(tokenizer, list(LEVELS)) if tokenizer is not None else None
+    level_logits = trace.logits[row, level_ids]
+    probs = np.asarray(level_logits.double().softmax(-1), dtype=np.float64)
+    score = float(weighted_score(level_logits, [LEVEL_WEIGHTS[w] for w in LEVELS]))
+    attention = None
+    if trace.attention is not None:
+        segments = trace.tokens["segment"].to_numpy()
+        groups = np.full(len(texts), 2)
+        groups[segments == "image"] = 0
+        groups[trace.prompt_length:sentence_start] = 1
+        rows = trace.attention[:, :, row, :].mean(1).numpy()  # [layer, key]
+        attention = np.stack([rows[:, groups == g].sum(1) for g in range(3)], axis=1)
+    first = stays = None
+    if lens:
+        table = trace.lens_targets([texts[level_pos]], positions=[decision])
+        top = table.sort_values("layer")["rank"].to_numpy() == 1
+        layers = table.sort_values("layer")["layer"].to_numpy()
+        if top.any():
+            first = int(layers[np.argmax(top)])
+            tail = np.flatnonzero(~top)
+            stays = int(layers[0]) if not len(tail) else (int(layers[tail[-1] + 1]) if tail[-1] + 1 < len(top) else None)
+    return Reading(answer, description, parse(description), texts[level_pos], score, probs, attention, first, stays,
+                   decision, sentence_start)
+
+
+def _level_position(texts: list[str], start: int) -> int | None:
+    hits = [p for p in range(max(start, 1), len(texts)) if texts[p] in LEVELS and texts[p - 1] == "is"]
+    return hits[-1] if hits else None
+
+
+def _sentence_start(texts: list[str], level_pos: int) -> int:
+    """Start of the quality sentence ("the quality of the image is") that ends just before ``level_pos``."""
+    template = QUALITY_SENTENCE.split("{level}")[0].lower().split()
+    start = level_pos - len(template)
+    if start >= 0 and texts[start:level_pos] == template:
+        return start
+    return level_pos
