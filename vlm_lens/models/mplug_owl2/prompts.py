@@ -31,11 +31,12 @@ import torch
 
 from ...errors import VlmLensError
 
+#: The five level words of Q-Align (the same as :data:`vlm_lens.answer.LEVELS`, which imports the model registry).
+LEVELS = ("excellent", "good", "fair", "poor", "bad")
+
 __all__ = ["LEVELS", "LLAMA_LEVEL_IDS", "PROMPT_FORMATS", "PromptFormat", "QALIGN_WEIGHTS", "level_token_ids",
            "qalign_score", "qalign_score_from_logits"]
 
-#: The five quality levels, best first.
-LEVELS = ("excellent", "good", "fair", "poor", "bad")
 #: Their ids in the LLaMA tokenizer of the official checkpoints (the token after BOS of each word).
 LLAMA_LEVEL_IDS = (15129, 1781, 6534, 6460, 4319)
 #: Named weight sets of the Q-Align score.
@@ -115,8 +116,9 @@ def qalign_score_from_logits(logits: torch.Tensor, token_ids: Sequence[int],
         raise VlmLensError(f"token_ids has {len(ids)} ids for {len(w)} weights; give one id per level.")
     if min(ids) < 0 or max(ids) >= logits.shape[-1]:
         raise VlmLensError(f"token_ids {ids} fall outside the vocabulary [0, {logits.shape[-1]}).")
-    probs = torch.softmax(logits[..., ids].float(), dim=-1)
-    return probs @ w.to(probs.device)
+    from ...iqa import weighted_score  # imported here: vlm_lens.iqa imports the model registry
+
+    return weighted_score(logits[..., ids].float(), w.tolist()).float()
 
 
 def _weights(weights: Any) -> list[float]:
