@@ -15,6 +15,7 @@ from PIL import Image
 import vlm_lens as vl
 from conftest import PROMPT, random_image
 from vlm_lens import plot
+from vlm_lens.plot._style import new_figure
 from vlm_lens.plot import _data
 from vlm_lens.plot._style import HIGHLIGHT, thin_ticks, token_label
 
@@ -171,6 +172,18 @@ def test_attention_mass_sums_to_one_per_layer(t):
         assert r.mass == pytest.approx(naive[(r.layer, r.segment)], rel=1e-5)
     ax = axes(plot.attention_mass(t), "attention_mass")
     assert [text.get_text() for text in ax.get_legend().get_texts()] == ["system", "image", "instruction"]
+
+
+def test_attention_mass_of_one_layer_is_a_stacked_bar_of_its_masses(t):
+    matrix, layers, _ = _data.attention_matrix(t, None, "mean", None)
+    table = _data.segment_mass(matrix, t.tokens.segment.tolist(), layers)
+    one = table[table.layer == layers[-1]]
+    fig = new_figure(4, 3)
+    ax = fig.add_subplot()
+    plot.draw_attention_mass(ax, one)
+    heights = {bar.get_label(): bar.patches[0].get_height() for bar in ax.containers}
+    assert heights == pytest.approx(dict(zip(one.segment, one.mass)))
+    assert ax.get_xlim() == (layers[-1] - 0.5, layers[-1] + 0.5)
 
 
 def test_patch_overlay_lays_the_row_on_the_grid(t, t_next):

@@ -16,6 +16,15 @@ notebooks alike). ``path=`` or :func:`save` writes PNG, SVG or PDF by suffix.
 :func:`compare`        any of the above for two traces, one shared scale, plus a difference panel
 =====================  ========================================================================================
 
+And of a dataset run's attention analysis (means over samples; a RunResult, its folder, or the table):
+
+==========================  ===================================================================================
+:func:`run_attention_mass`  the query token's attention mass by segment per layer (stacked area)
+:func:`run_image_profile`   layer x image-token-index heatmap of its attention on the image
+:func:`run_patch_grid`      that attention on the image's patch grid at one layer (spatial families)
+:func:`compare_runs`        any of these for two runs, one shared scale, plus a difference panel
+==========================  ===================================================================================
+
 Example:
     >>> import tempfile, numpy as np, vlm_lens as vl
     >>> from vlm_lens.tiny import tiny_llava
@@ -32,8 +41,10 @@ from .accessor import TracePlots
 from .attention import attention, attention_mass, draw_attention, draw_attention_mass, draw_patch_grids, patch_overlay
 from .compare import compare
 from .latent import draw_grid, latent_output
+from .runs import compare_runs, run_attention_mass, run_image_profile, run_patch_grid
 from .topk import LEVELS, draw_target_words, draw_topk, target_words, topk
 
-__all__ = ["LEVELS", "TracePlots", "attention", "attention_mass", "compare", "draw_attention", "draw_attention_mass",
-           "draw_grid", "draw_patch_grids", "draw_target_words", "draw_topk", "latent_output", "patch_overlay", "save",
-           "target_words", "topk"]
+__all__ = ["LEVELS", "TracePlots", "attention", "attention_mass", "compare", "compare_runs", "draw_attention",
+           "draw_attention_mass", "draw_grid", "draw_patch_grids", "draw_target_words", "draw_topk", "latent_output",
+           "patch_overlay", "run_attention_mass", "run_image_profile", "run_patch_grid", "save", "target_words",
+           "topk"]

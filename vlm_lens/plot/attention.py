@@ -173,9 +173,19 @@ def draw_attention_mass(ax: "Axes", table: pd.DataFrame) -> None:
     wide = table.pivot(index="layer", columns="segment", values="mass").fillna(0.0)
     order = [s for s in SEGMENT_COLORS if s in wide.columns] + [s for s in wide.columns if s not in SEGMENT_COLORS]
     wide = wide[order]
-    ax.stackplot(wide.index.to_numpy(), wide.to_numpy().T, labels=order,
-                 colors=[SEGMENT_COLORS.get(s, "#cccccc") for s in order], alpha=0.9)
-    ax.set_xlim(wide.index.min(), wide.index.max())
+    colors = [SEGMENT_COLORS.get(s, "#cccccc") for s in order]
+    x = wide.index.to_numpy()
+    if len(x) > 1:
+        ax.stackplot(x, wide.to_numpy().T, labels=order, colors=colors, alpha=0.9)
+        ax.set_xlim(x.min(), x.max())
+    else:  # one layer: a stacked bar (an area over one point has no width)
+        bottom = 0.0
+        for segment, color in zip(order, colors):
+            value = float(wide[segment].iloc[0])
+            ax.bar(x, [value], bottom=bottom, width=0.6, color=color, alpha=0.9, label=segment)
+            bottom += value
+        ax.set_xticks(x)
+        ax.set_xlim(x[0] - 0.5, x[0] + 0.5)
     ax.set_ylim(0, max(1.0, float(wide.sum(axis=1).max())))
     ax.set_xlabel("layer")
     ax.set_ylabel("attention mass")
