@@ -38,6 +38,7 @@ def test_a_run_compared_with_itself_differs_by_nothing(runs):
         assert len(frame) and frame[column].abs().max() == 0, table
         assert frame.p.dropna().eq(1.0).all(), table
     assert c.notes == []
+    assert repr(c) == f"Comparison(runs=['a', 'again'], tables={sorted(c.tables)}, notes=0)"
 
 
 def test_two_checkpoints_align_with_what_each_run_says(runs, tmp_path):

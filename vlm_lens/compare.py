@@ -66,6 +66,9 @@ class Comparison:
                                f"Notes: {self.notes}")
         return self.tables[name]
 
+    def __repr__(self) -> str:
+        return f"Comparison(runs={self.runs}, tables={sorted(self.tables)}, notes={len(self.notes)})"
+
     def save(self, folder: str | Path) -> Path:
         """``<table>.parquet`` + ``.csv`` per table and ``comparison.json`` (runs, notes)."""
         folder = Path(folder)
