@@ -1,35 +1,34 @@
-"""What every example shares: a model (a checkpoint path, or a tiny random-init LLaVA built on the spot), an image
-and a prompt from the command line, and one traced sample.
+"""What every example shares: a model (a checkpoint path, default the shipped trained zoo checkpoint), an image and a
+prompt from the command line, one traced sample, and the position where it chooses its quality level.
 
-Run any example without arguments to see it work in seconds on a tiny model; pass ``--model PATH --image FILE``
-to draw the same figure for a real checkpoint (e.g. ``checkpoints/llava-1.5-7b-hf``).
+Run any example without arguments to see it work in seconds on ``zoo:tiny-biqa-one-stage`` and a synthetic image
+with known degradations; pass ``--model PATH --image FILE`` to draw the same figure for a real checkpoint (e.g.
+``checkpoints/llava-1.5-7b-hf``).
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
 from pathlib import Path
-
-import numpy as np
-from PIL import Image
 
 import vlm_lens as vl
 
 QUESTION = "How would you rate the quality of this image?"
 LEVELS = ["excellent", "good", "fair", "poor", "bad"]
+ONE_STAGE, TWO_STAGE = "zoo:tiny-biqa-one-stage", "zoo:tiny-biqa-two-stage"
 
 
 def arguments(description: str, models: int = 1) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description)
     if models == 1:
-        parser.add_argument("--model", help="checkpoint folder or zoo:NAME (default: a tiny random-init LLaVA)")
+        parser.add_argument("--model", default=ONE_STAGE, help="checkpoint folder or zoo:NAME (default: %(default)s)")
     else:
-        parser.add_argument("--model-a", help="first checkpoint (default: a tiny random-init LLaVA)")
-        parser.add_argument("--model-b", help="second checkpoint (default: another tiny random-init LLaVA)")
-    parser.add_argument("--image", help="image file (default: a synthetic test image)")
+        parser.add_argument("--model-a", default=ONE_STAGE, help="first checkpoint (default: %(default)s)")
+        parser.add_argument("--model-b", default=TWO_STAGE, help="second checkpoint (default: %(default)s)")
+    parser.add_argument("--image", help="image file (default: synthetic image --synthetic K of the zoo's seed 1)")
+    parser.add_argument("--synthetic", type=int, default=2, metavar="K", help="which synthetic image (default: 2)")
     parser.add_argument("--prompt", default=QUESTION, help="the question (default: %(default)r)")
-    parser.add_argument("--generate", type=int, default=8, help="answer tokens to generate (default: 8)")
+    parser.add_argument("--generate", type=int, default=48, help="answer tokens to generate at most (default: 48)")
     parser.add_argument("--dtype", help="e.g. bfloat16 for a 7B model on a GPU")
     parser.add_argument("--device", help="e.g. cuda")
     parser.add_argument("--out", default="examples_out", help="output folder (default: %(default)s)")
@@ -38,33 +37,36 @@ def arguments(description: str, models: int = 1) -> argparse.ArgumentParser:
     return parser
 
 
-def load(path: str | None, args: argparse.Namespace, seed: int = 0) -> vl.LensModel:
-    """The checkpoint at ``path``, or a tiny random-init LLaVA (its words are noise; the figure's form is real)."""
-    if path is None:
-        from vlm_lens.tiny import tiny_llava
-
-        path = tiny_llava(tempfile.mkdtemp(prefix="vlm_lens_example_"), layers=6, seed=seed)
+def load(path: str, args: argparse.Namespace) -> vl.LensModel:
     return vl.load(path, dtype=args.dtype, device=args.device)
 
 
 def image(args: argparse.Namespace) -> str:
-    """The image file to trace: ``--image``, or a synthetic picture (a gradient with a blurred half) written to
-    the output folder."""
+    """The image file to trace: ``--image``, or synthetic image ``--synthetic`` (known degradations; its ground
+    truth is printed) written to the output folder."""
     if args.image:
         return args.image
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    y, x = np.mgrid[0:96, 0:128]
-    rgb = np.stack([x * 2, y * 2, 255 - x - y], axis=-1).clip(0, 255).astype(np.uint8)
-    rgb[:, 64:] = (rgb[:, 64:].astype(float) * 0.6 + 40).astype(np.uint8)
+    images, labels = vl.zoo.synthetic(args.synthetic + 1, seed=1)
     path = out / "input.png"
-    Image.fromarray(rgb).save(path)
+    images[-1].save(path)
+    truth = labels.iloc[-1]
+    print(f"ground truth of {path}: {truth['answer']} (MOS {truth['mos']:.2f})")
     return str(path)
 
 
-def trace(args: argparse.Namespace, path: str | None = None, seed: int = 0) -> vl.Trace:
-    model = load(path if path is not None else getattr(args, "model", None), args, seed)
+def trace(args: argparse.Namespace, path: str | None = None) -> vl.Trace:
+    model = load(path if path is not None else args.model, args)
     return vl.trace(model, image(args), args.prompt, generate=args.generate)
+
+
+def decision(t: vl.Trace) -> int:
+    """The position whose logits choose the quality level word; without one, the last prompt position (which
+    predicts the first answer token)."""
+    q = t.quality().iloc[0]
+    return int(q["predict_pos"]) if q["level"] is not None and q["predict_pos"] == q["predict_pos"] else \
+        t.prompt_length - 1
 
 
 def save(args: argparse.Namespace, fig, name: str) -> Path:

@@ -11,4 +11,4 @@ from vlm_lens import plot
 
 args = _common.arguments(__doc__.splitlines()[0]).parse_args()
 t = _common.trace(args)
-_common.save(args, plot.attention_mass(t), "attention_mass")
+_common.save(args, plot.attention_mass(t, _common.decision(t)), "attention_mass")

@@ -1,7 +1,7 @@
 """Latent output: what every layer would answer at the answer tokens and their context (logit lens top-1 per
 layer and position, coloured by probability), and the same coloured by the probability of the final output.
 
-    python examples/latent_output.py                                   # a tiny model built on the spot
+    python examples/latent_output.py                                   # the zoo's one-stage checkpoint
     python examples/latent_output.py --model checkpoints/llava-1.5-7b-hf --image koniq/123.jpg \
         --dtype bfloat16 --device cuda
 """

@@ -14,6 +14,7 @@ parser.add_argument("--word", default="blurry", help="word whose lens probabilit
 args = parser.parse_args()
 t = _common.trace(args)
 middle = max(t.layers) // 2
-_common.save(args, plot.patch_overlay(t, layer=middle), "patch_attention_middle")
-_common.save(args, plot.patch_overlay(t, layer=-1), "patch_attention_last")
-_common.save(args, plot.patch_overlay(t, value="lens", target=args.word, layer=middle), "patch_lens")
+query = _common.decision(t)  # where the quality level is chosen
+_common.save(args, plot.patch_overlay(t, query, layer=middle), "patch_attention_middle")
+_common.save(args, plot.patch_overlay(t, query, layer=-1), "patch_attention_last")
+_common.save(args, plot.patch_overlay(t, query, value="lens", target=args.word, layer=middle), "patch_lens")

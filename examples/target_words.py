@@ -11,7 +11,8 @@ from vlm_lens import plot
 
 args = _common.arguments(__doc__.splitlines()[0]).parse_args()
 t = _common.trace(args)
-table = t.lens_targets(_common.LEVELS, positions=[t.prompt_length - 1])
+position = _common.decision(t)  # where the quality level is chosen
+table = t.lens_targets(_common.LEVELS, positions=[position])
 print(table.pivot(index="layer", columns="target", values="prob")[_common.LEVELS].round(4).to_string())
-_common.save(args, plot.target_words(t, _common.LEVELS), "target_words")
-_common.save(args, plot.target_words(t, _common.LEVELS, value="rank"), "target_words_rank")
+_common.save(args, plot.target_words(t, _common.LEVELS, position), "target_words")
+_common.save(args, plot.target_words(t, _common.LEVELS, position, value="rank"), "target_words_rank")

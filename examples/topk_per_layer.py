@@ -14,6 +14,6 @@ parser.add_argument("--k", type=int, default=4, help="candidates per layer")
 parser.add_argument("--first-layer", type=int, default=0, help="show layers from this one up")
 args = parser.parse_args()
 t = _common.trace(args)
-position = t.prompt_length - 1
+position = _common.decision(t)  # where the quality level is chosen
 print(t.lens(topk=args.k, positions=[position]).query("rank == 1")[["layer", "token", "prob"]].to_string(index=False))
 _common.save(args, plot.topk(t, position, k=args.k, layer_range=(args.first_layer, max(t.layers))), "topk_per_layer")

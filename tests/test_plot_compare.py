@@ -102,3 +102,27 @@ def test_panels_that_do_not_line_up(pair):
         plot.compare(a, deeper, "target_words", difference=True)
     with pytest.raises(vl.VlmLensError, match="figure='heatmap'"):
         plot.compare(a, deeper, "heatmap")
+
+
+def test_a_pair_of_positions_reads_each_trace_at_its_own(pair):
+    a, b, _ = pair
+    pa, pb = a.prompt_length, b.prompt_length + 1  # two different response positions
+    fig = plot.compare(a, b, "target_words", words=["good", "poor"], position=(pa, pb), difference=True)
+    for ax, t, p in [(panel(fig, "target_words:A"), a, pa), (panel(fig, "target_words:B"), b, pb)]:
+        expected = t.lens_targets(["good", "poor"], positions=[p]).query("target == 'good'").sort_values("layer")
+        np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), expected["prob"].to_numpy(), rtol=1e-6)
+    mass = plot.compare(a, b, "attention_mass", query=(pa, pb))
+    for ax, t, p in [(panel(mass, "attention_mass:A"), a, pa), (panel(mass, "attention_mass:B"), b, pb)]:
+        row = t.query_positions.tolist().index(p)
+        image = t.tokens["segment"].to_numpy()[: t.attention.shape[-1]] == "image"
+        last = t.attention[-1, :, row, :].mean(0).numpy()[image].sum()  # the last layer's image mass, naively
+        bands = [c for c in ax.collections]
+        heights = {c.get_label(): c.get_paths()[0].vertices for c in bands}
+        assert "image" in heights and last == pytest.approx(_band_height_at_last_layer(heights["image"]), abs=1e-5)
+
+
+def _band_height_at_last_layer(vertices):
+    """Height of a stackplot band at its rightmost x (top minus bottom edge)."""
+    x = vertices[:, 0]
+    at = vertices[np.isclose(x, x.max())][:, 1]
+    return float(at.max() - at.min())

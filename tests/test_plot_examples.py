@@ -1,4 +1,4 @@
-"""The example scripts (one per figure of the paper) run end to end on a tiny model built on the spot and write
+"""The example scripts (one per figure of the paper) run end to end on the shipped zoo checkpoints and write
 their figures."""
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def test_every_example_is_listed():
 @pytest.mark.parametrize("script", SCRIPTS, ids=[p.stem for p in SCRIPTS])
 def test_example_runs(script, tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(EXAMPLES))
-    monkeypatch.setattr(sys, "argv", [str(script), "--out", str(tmp_path), "--generate", "3", "--dpi", "60"])
+    monkeypatch.setattr(sys, "argv", [str(script), "--out", str(tmp_path), "--dpi", "60"])
     runpy.run_path(str(script), run_name="__main__")
     assert "wrote" in capsys.readouterr().out
     for name in WRITES[script.stem]:

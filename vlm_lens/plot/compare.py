@@ -11,7 +11,7 @@ Example:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 import numpy as np
 
@@ -53,6 +53,8 @@ def compare(a: "Trace", b: "Trace", figure: str = "latent_output", *, names: tup
             True requires it (an error says why it cannot be drawn), False leaves it out. ``topk`` has none.
         path: Also save the figure there.
         **kwargs: Options of the single-trace figure (``positions=``, ``query=``, ``words=``, ``layer=``, ...).
+            ``position=`` and ``query=`` may be a pair ``(for a, for b)``: two answers of different lengths put
+            the same word at different positions.
 
     Returns:
         The Figure. Panel Axes are labelled ``"<figure>:<name>"`` and the difference ``"<figure>:difference"``.
@@ -92,6 +94,15 @@ def _panels(n: int, width: float, height: float, sharey: bool = True):
     return fig, list(axes)
 
 
+#: A position given once for both traces, or a pair ``(for a, for b)``.
+Where = Union[int, "tuple[int, int]", None]
+
+
+def _each(value: Any, i: int) -> Any:
+    """A ``position=`` / ``query=`` given once for both traces, or as a pair ``(for a, for b)``."""
+    return value[i] if isinstance(value, tuple) else value
+
+
 # ----------------------------------------------------------------------------------------------------- figures
 def _latent(a, b, names, difference, *, vmax: float | None = None, cmap: str = "viridis", max_label: int = 8,
             max_columns: int = 16, **kwargs) -> "Figure":
@@ -117,13 +128,13 @@ def _latent(a, b, names, difference, *, vmax: float | None = None, cmap: str = "
     return fig
 
 
-def _topk(a, b, names, difference, *, position: int | None = None, k: int = 5, layers=None, layer_range=None,
+def _topk(a, b, names, difference, *, position: Where = None, k: int = 5, layers=None, layer_range=None,
           max_layers: int = 40, max_label: int = 10) -> "Figure":
     if difference is True:
         raise VlmLensError("difference=True: top-k candidates have no difference panel (the candidates differ).")
     tables = []
-    for t in (a, b):
-        p = _data.default_position(t) if position is None else _data.resolve(t, position)
+    for i, t in enumerate((a, b)):
+        p = _data.default_position(t) if _each(position, i) is None else _data.resolve(t, _each(position, i))
         tables.append(_data.topk_table(t, p, k, _data.lens_layers(t, layers, layer_range, most=max_layers)))
     top = max(float(table["prob"].max()) for table, _, _ in tables)
     n_layers = max(table["layer"].nunique() for table, _, _ in tables)
@@ -135,11 +146,11 @@ def _topk(a, b, names, difference, *, position: int | None = None, k: int = 5, l
     return fig
 
 
-def _target_words(a, b, names, difference, *, words=tuple(LEVELS), position: int | None = None, layers=None,
+def _target_words(a, b, names, difference, *, words=tuple(LEVELS), position: Where = None, layers=None,
                   value: str = "prob", log: bool = False) -> "Figure":
     tables = []
-    for t in (a, b):
-        p = _data.default_position(t) if position is None else _data.resolve(t, position)
+    for i, t in enumerate((a, b)):
+        p = _data.default_position(t) if _each(position, i) is None else _data.resolve(t, _each(position, i))
         tables.append(_data.targets_table(t, words, p, _data.lens_layers(t, layers)))
     ta, tb = tables
     aligned = ta["layer"].tolist() == tb["layer"].tolist() and ta["target"].tolist() == tb["target"].tolist()
@@ -166,12 +177,12 @@ def _target_words(a, b, names, difference, *, words=tuple(LEVELS), position: int
     return fig
 
 
-def _attention(a, b, names, difference, *, query: int | None = None, heads="mean", layers=None,
+def _attention(a, b, names, difference, *, query: Where = None, heads="mean", layers=None,
                image_tokens: str = "collapse", max_columns: int = 60, scale: str = "sqrt", cmap: str = "magma_r",
                vmax: float | None = None) -> "Figure":
     panels = []
-    for t in (a, b):
-        matrix, numbers, position = _data.attention_matrix(t, query, heads, layers)
+    for i, t in enumerate((a, b)):
+        matrix, numbers, position = _data.attention_matrix(t, _each(query, i), heads, layers)
         columns = _data.build_columns(t, list(range(position + 1)), image_tokens)
         columns, _ = _data.bin_columns(columns, max_columns)
         panels.append((column_values(matrix, columns), columns, numbers))
@@ -197,10 +208,10 @@ def _attention(a, b, names, difference, *, query: int | None = None, heads="mean
     return fig
 
 
-def _attention_mass(a, b, names, difference, *, query: int | None = None, heads="mean", layers=None) -> "Figure":
+def _attention_mass(a, b, names, difference, *, query: Where = None, heads="mean", layers=None) -> "Figure":
     tables = []
-    for t in (a, b):
-        matrix, numbers, _ = _data.attention_matrix(t, query, heads, layers)
+    for i, t in enumerate((a, b)):
+        matrix, numbers, _ = _data.attention_matrix(t, _each(query, i), heads, layers)
         tables.append(_data.segment_mass(matrix, t.tokens["segment"].tolist(), numbers))
     ta, tb = tables
     aligned = ta[["layer", "segment"]].equals(tb[["layer", "segment"]])
@@ -226,11 +237,11 @@ def _attention_mass(a, b, names, difference, *, query: int | None = None, heads=
     return fig
 
 
-def _patch_overlay(a, b, names, difference, *, query: int | None = None, value: str = "attention",
+def _patch_overlay(a, b, names, difference, *, query: Where = None, value: str = "attention",
                    layer: int = -1, heads="mean", target=None, image: Any = None, image_index: int = 0,
                    crop: str = "auto", alpha: float = 0.6, cmap: str = "inferno") -> "Figure":
-    data = [patch_data(t, query, value=value, layer=layer, heads=heads, target=target, image_index=image_index)
-            for t in (a, b)]
+    data = [patch_data(t, _each(query, i), value=value, layer=layer, heads=heads, target=target,
+                       image_index=image_index) for i, t in enumerate((a, b))]
     (ga, title), (gb, _) = data
     aligned = [(n, g.shape) for n, g in ga] == [(n, g.shape) for n, g in gb]
     diff = _want_difference(difference, aligned, "different patch grids")
