@@ -9,6 +9,7 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, LlamaConfig, LlamaForCausalLM
 
 import vlm_lens as vl
+from conftest import PROMPT, random_image
 from vlm_lens.errors import UnsupportedModelError
 
 
@@ -28,6 +29,28 @@ def test_wrap_an_already_loaded_model(checkpoints):
     model.train()
     m = vl.wrap(model, AutoProcessor.from_pretrained(checkpoints["mha"]))
     assert m.model is model and not model.training and m.family == "llava"
+
+
+def test_a_model_spread_by_device_map_with_offloaded_layers_traces_exactly(checkpoints, models, tmp_path):
+    """Models too large for one device load with ``device_map``: accelerate's hooks then move offloaded weights in at
+    each forward. vlm_lens' hooks sit beside them; the trace equals the plain model's, and accelerate's hooks stay."""
+    layers = models["gqa"].adapter.n_layers
+    device_map = {"model.vision_tower": "cpu", "model.multi_modal_projector": "cpu", "lm_head": "cpu",
+                  **{f"model.language_model.{n}": "cpu" for n in ("embed_tokens", "norm", "rotary_emb")},
+                  **{f"model.language_model.layers.{i}": "disk" if i == 1 else "cpu" for i in range(layers)}}
+    model = AutoModelForImageTextToText.from_pretrained(checkpoints["gqa"], device_map=device_map,
+                                                        offload_folder=str(tmp_path))
+    offloaded = model.model.language_model.layers[1]
+    assert offloaded.self_attn.q_proj.weight.device.type == "meta" and hasattr(offloaded, "_hf_hook")
+    spread = vl.wrap(model, models["gqa"].processor)
+    image = random_image(5)
+    expected = vl.trace(models["gqa"], image, PROMPT, generate=3)
+    got = vl.trace(spread, image, PROMPT, generate=3)
+    assert got.response_ids == expected.response_ids
+    torch.testing.assert_close(got.hidden, expected.hidden, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got.attention, expected.attention, rtol=0, atol=1e-6)
+    torch.testing.assert_close(got.logits, expected.logits, rtol=0, atol=1e-5)
+    assert hasattr(offloaded, "_hf_hook") and not offloaded._forward_hooks and not offloaded._forward_pre_hooks
 
 
 def test_unknown_architecture_lists_the_supported_ones(tmp_path):
