@@ -216,7 +216,8 @@ def test_run_refuses_a_folder_of_another_model_or_arguments(checkpoints, scores_
                                       (checkpoints["gqa"], "10", "model.weights_digest")):
         assert main(["run", model, *argv[1:], "--n-boot", n_boot]) == 1
         err = capsys.readouterr().err
-        assert err.count("\n") == 1 and err.startswith("vlm-lens run: error: out=") and difference in err, err
+        assert err.count("\n") == 1 and err.startswith("vlm-lens run: error: --out ") and difference in err, err
+        assert "--overwrite" in err and "overwrite=True" not in err
         assert "Traceback" not in err
     assert main(["run", checkpoints["gqa"], *argv[1:], "--n-boot", "10", "--overwrite"]) == 0
     assert RunResult.load(tmp_path / "r").meta["model"]["weights_digest"] != first["weights_digest"]

@@ -15,7 +15,7 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["VlmLensError", "UnsupportedModelError", "ImageError"]
+__all__ = ["VlmLensError", "UnsupportedModelError", "ImageError", "RunMismatchError"]
 
 
 class VlmLensError(ValueError):
@@ -28,3 +28,11 @@ class UnsupportedModelError(VlmLensError):
 
 class ImageError(VlmLensError):
     """An image could not be read or converted to RGB."""
+
+
+class RunMismatchError(VlmLensError):
+    """A run folder holds a run of another model or other arguments (``folder``; ``differences``: stored -> now)."""
+
+    def __init__(self, message: str, folder: str, differences: list[str]) -> None:
+        super().__init__(message)
+        self.folder, self.differences = folder, differences

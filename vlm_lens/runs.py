@@ -40,7 +40,7 @@ import torch
 from . import __version__
 from .checkpoint import RankState, describe_differences, model_fingerprint, write_json, write_table
 from .datasets import Dataset
-from .errors import ImageError, VlmLensError
+from .errors import ImageError, RunMismatchError, VlmLensError
 from .loading import LensModel
 from .reducers import Reducer, merge_requests, trace_samples
 
@@ -224,9 +224,10 @@ def _prepare(folder: Path, fingerprint: dict, overwrite: bool, rank: int, world:
     existing = json.loads(info_file.read_text()) if info_file.exists() else None
     if existing is not None and existing.get("fingerprint") != fingerprint:
         differences = describe_differences(existing.get("fingerprint"), fingerprint)
-        raise VlmLensError(f"out={str(folder)!r} holds a run of a different model or with different arguments; "
-                           f"resuming would mix results. Differences (stored -> now): {'; '.join(differences[:8])}. "
-                           "Pass a new out= folder, or overwrite=True to discard the stored run.")
+        raise RunMismatchError(f"out={str(folder)!r} holds a run of a different model or with different arguments; "
+                               f"resuming would mix results. Differences (stored -> now): "
+                               f"{'; '.join(differences[:8])}. Pass a new out= folder, or overwrite=True to discard "
+                               "the stored run.", str(folder), differences)
     if existing is not None and existing.get("status") == "done":
         return RunResult.load(folder)
     if rank == 0:

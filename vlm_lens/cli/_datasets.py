@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+from ..errors import RunMismatchError
 from ._common import DATASET_SUFFIXES, Steps, UsageError
 
 __all__ = ["compare_command", "eval_command", "run_command"]
@@ -25,8 +26,15 @@ def run_command(args: argparse.Namespace) -> int:
         steps.next("loading the model")
         m = vl.load(args.model, dtype=args.dtype, device=args.device)
         steps.next(f"running {len(dataset)} samples")
-        result = vl.run(m, dataset, analyses, out=out, batch_size=args.batch_size,
-                        checkpoint_every=args.checkpoint_every, progress=sys.stderr.isatty(), overwrite=args.overwrite)
+        try:
+            result = vl.run(m, dataset, analyses, out=out, batch_size=args.batch_size,
+                            checkpoint_every=args.checkpoint_every, progress=sys.stderr.isatty(),
+                            overwrite=args.overwrite)
+        except RunMismatchError as err:  # said in the shell's terms: --out / --overwrite, not out= / overwrite=True
+            raise RunMismatchError(
+                f"--out {err.folder} holds a run of a different model or with different arguments; resuming would "
+                f"mix results. Differences (stored -> now): {'; '.join(err.differences[:8])}. Choose another --out "
+                "folder, or add --overwrite to discard the stored run.", err.folder, err.differences) from None
         steps.next("summarising")
         if before == "done":
             steps.write(f"{out} already held this finished run: loaded, not recomputed (--overwrite redoes it)")
