@@ -15,7 +15,7 @@ are written with ``save_pretrained`` as ``DIR/tiny-biqa-one-stage`` and ``DIR/ti
 same weights (up to floating-point summation order across CPU kernels).
 
 Example:
-    $ python -m vlm_lens.zoo.train --out runs/zoo            # the shipped recipe, ~43 min on 2 cores
+    $ python -m vlm_lens.zoo.train --out runs/zoo            # the shipped recipe, ~19 min on 2 quiet cores
     $ python -m vlm_lens.zoo.train --out /tmp/zoo --quick    # a few steps of every stage, for tests
 """
 
