@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("images", nargs="*", metavar="IMAGE", help="image files to trace besides the synthetic ones")
     demo.add_argument("--out", default="vlm_lens_demo", metavar="DIR",
                       help="folder for the figures and the summary table (default: %(default)s)")
-    demo.add_argument("--n", type=_count, default=3, metavar="N",
+    demo.add_argument("--n", type=_whole, default=3, metavar="N",
                       help="synthetic images to trace (default: %(default)s)")
 
     trace = command("trace", "trace one image + prompt: print the lens, save the trace, figures and a report",
@@ -167,13 +167,7 @@ def _examples(*lines: str) -> str:
 
 
 def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of tokens >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number of tokens >= 0, got {value}")
-    return value
+    return _whole(text, " of tokens")
 
 
 def _positive(text: str) -> int:
@@ -198,13 +192,14 @@ def _formats(text: str) -> list[str]:
     return chosen
 
 
-def _whole(text: str) -> int:
+def _whole(text: str, of: str = "") -> int:
+    """``text`` as an integer >= 0; ``of`` names what is counted in the message (e.g. ``" of tokens"``)."""
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a whole number{of} >= 0, got {text!r}") from None
     if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a whole number{of} >= 0, got {value}")
     return value
 
 
