@@ -32,7 +32,6 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import numpy as np
 import pandas as pd
 
 from .answer import LEVELS
@@ -134,18 +133,15 @@ def demo(out: str | Path = "vlm_lens_demo", images: Sequence[Any] = (), *, n: in
 
 # ----------------------------------------------------------------------------------------------------- reading
 def _read(t) -> dict:
-    """Level, score and deciding position (:meth:`Trace.quality`), attention by segment there, first top-1 layer."""
-    quality = t.quality().iloc[0]
-    predict = quality["predict_pos"]
-    found = quality["level"] is not None and not pd.isna(predict)
-    out = {"level": quality["level"] if found else None, "score": float(quality["score"]),
-           "predict": int(predict) if found else None, "mass": None, "first_top1": None}
-    if not found:
-        return out
-    out["mass"] = (t.attention_mass(query="predict").groupby(["layer", "segment"], as_index=False)["mass"].mean())
-    ranks = t.lens_targets([out["level"]], positions=[out["predict"]]).sort_values("layer")
-    top = ranks[ranks["rank"] == 1]
-    out["first_top1"] = int(top["layer"].iloc[0]) if len(top) else None
+    """Level, score, deciding position and first top-1 lens layer (:func:`vlm_lens.zoo.measure.read`), and the
+    attention there by segment."""
+    from .zoo.measure import read
+
+    reading = read(t)
+    out = {"level": reading.level, "score": reading.score, "predict": reading.decision, "mass": None,
+           "first_top1": reading.lens_first_top1}
+    if reading.level is not None:
+        out["mass"] = t.attention_mass(query="predict").groupby(["layer", "segment"], as_index=False)["mass"].mean()
     return out
 
 

@@ -4,9 +4,10 @@ Everything here reads a :class:`~vlm_lens.Trace` through the public API (``Trace
 ``Trace.attention``, ``Trace.lens_targets``), so it works for the zoo models and for any real checkpoint that answers
 in the same "... the quality of the image is {level}." form.
 
-Positions. The *level position* is the response position holding the level word (the last level word that
-follows "is"). The *decision position* is the one before it: its logits choose the level word, so the Q-Align
-score, the attention rows and the logit lens are all read there.
+Positions (found by :func:`vlm_lens.answer.locate`, as every analysis of vlm_lens finds them). The *level
+position* is the first generated level word; the description ends where the quality sentence starts. The *decision
+position* is the one before the level word: its logits choose it, so the Q-Align score, the attention rows and the
+logit lens are all read there.
 
 - **Q-Align score**: softmax of the decision position's logits restricted to the five level words, weighted
   5 (excellent) .. 1 (bad), as Q-Align scores.
@@ -28,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..iqa import weighted_score
-from ..lens import target_token_ids
+from ..answer import locate
+from ..iqa import quality as iqa_quality
 from ..trace_result import Trace
 from .grammar import LEVEL_WEIGHTS, LEVELS, QUALITY_SENTENCE, parse
 
@@ -73,25 +74,18 @@ class Reading:
 
 def read(trace: Trace, *, lens: bool = True) -> Reading:
     """Read one traced answer (see the module docstring for what is measured where)."""
-    tokenizer = trace.model.adapter.tokenizer if trace.model is not None else None
     answer = trace.answer
+    layout = locate(trace, LEVELS, QUALITY_SENTENCE.split("{level}")[0].strip())
+    if not layout.has_level:
+        return Reading(answer, answer, parse(answer), None, math.nan, np.full(len(LEVELS), np.nan), None, None, None)
+    quality = iqa_quality(trace, LEVELS, [LEVEL_WEIGHTS[w] for w in LEVELS], layout=layout).iloc[0]
+    level_pos, decision = layout.level_pos, layout.predict_pos
+    sentence_start = layout.answer.start if layout.answer is not None else level_pos
     texts = [t.strip().lower() for t in trace.tokens["text"]]
-    level_pos = _level_position(texts, trace.prompt_length)
-    nan = np.full(len(LEVELS), np.nan)
-    if level_pos is None:
-        return Reading(answer, answer, parse(answer), None, math.nan, nan, None, None, None)
-    sentence_start = _sentence_start(texts, level_pos)
     description = " ".join(texts[trace.prompt_length:sentence_start])
-    decision = level_pos - 1
-    query = trace.query_positions.tolist()
-    if decision not in query:
-        raise ValueError(f"position {decision} was not a query position of this trace; trace with the default "
-                         "query positions (the response).")
-    row = query.index(decision)
-    level_ids = target_token_ids(tokenizer, list(LEVELS)) if tokenizer is not None else None
-    level_logits = trace.logits[row, level_ids]
-    probs = np.asarray(level_logits.double().softmax(-1), dtype=np.float64)
-    score = float(weighted_score(level_logits, [LEVEL_WEIGHTS[w] for w in LEVELS]))
+    probs = np.array([quality[f"p_{w}"] for w in LEVELS], dtype=np.float64)
+    score = float(quality["score"])
+    row = trace.query_positions.tolist().index(decision)  # quality() has checked it is a query position
     attention = None
     if trace.attention is not None:
         segments = trace.tokens["segment"].to_numpy()
@@ -102,26 +96,13 @@ def read(trace: Trace, *, lens: bool = True) -> Reading:
         attention = np.stack([rows[:, groups == g].sum(1) for g in range(3)], axis=1)
     first = stays = None
     if lens:
-        table = trace.lens_targets([texts[level_pos]], positions=[decision])
+        table = trace.lens_targets([layout.level], positions=[decision])
         top = table.sort_values("layer")["rank"].to_numpy() == 1
         layers = table.sort_values("layer")["layer"].to_numpy()
         if top.any():
             first = int(layers[np.argmax(top)])
             tail = np.flatnonzero(~top)
             stays = int(layers[0]) if not len(tail) else (int(layers[tail[-1] + 1]) if tail[-1] + 1 < len(top) else None)
-    return Reading(answer, description, parse(description), texts[level_pos], score, probs, attention, first, stays,
+    return Reading(answer, description, parse(description), layout.level, score, probs, attention, first, stays,
                    decision, sentence_start)
 
-
-def _level_position(texts: list[str], start: int) -> int | None:
-    hits = [p for p in range(max(start, 1), len(texts)) if texts[p] in LEVELS and texts[p - 1] == "is"]
-    return hits[-1] if hits else None
-
-
-def _sentence_start(texts: list[str], level_pos: int) -> int:
-    """Start of the quality sentence ("the quality of the image is") that ends just before ``level_pos``."""
-    template = QUALITY_SENTENCE.split("{level}")[0].lower().split()
-    start = level_pos - len(template)
-    if start >= 0 and texts[start:level_pos] == template:
-        return start
-    return level_pos
