@@ -19,8 +19,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/vlm-lens demo
 
+# The layers contract first (seconds), then the suite; pytest's own -q (pyproject) ends with the "N passed" line.
 test: $(STAMP)
-	$(BIN)/python -m pytest -x -q tests
+	$(BIN)/lint-imports
+	$(BIN)/python -m pytest tests
 
 bench: $(STAMP)
 	$(BIN)/pip install -q -c constraints-ci.txt -e ".[bench]"

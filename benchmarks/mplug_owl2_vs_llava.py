@@ -33,11 +33,15 @@ import torch
 from PIL import Image
 
 import vlm_lens as vl
-from vlm_lens.models.mplug_owl2 import MPLUGOwl2Config, MPLUGOwl2ForCausalLM, MPLUGOwl2Processor
+from vlm_lens.models.mplug_owl2 import (
+    MPLUGOwl2Config,
+    MPLUGOwl2ForCausalLM,
+    MPLUGOwl2Processor,
+)
 
 
 def build_llava(folder: str, hidden: int, layers: int, vision_hidden: int) -> vl.LensModel:
-    from vlm_lens.tiny import tiny_llava
+    from vlm_lens.testing import tiny_llava
 
     path = tiny_llava(folder, layers=layers, hidden=hidden, heads=hidden // 128, kv_heads=hidden // 128,
                       intermediate=hidden * 11008 // 4096, vision_hidden=vision_hidden, vision_layers=2,
@@ -116,8 +120,8 @@ def main() -> None:
         "decoder": (lambda: decoder_llava(inputs_embeds=embeds),
                     lambda: decoder_owl(inputs_embeds=embeds, modality_indicators=visual)),
         "decode": (lambda: decode(decoder_llava), lambda: decode(decoder_owl, modality_indicators=visual)),
-        "trace": (lambda: vl.trace(llava, image, question, query_positions=[-1]),
-                  lambda: vl.trace(owl, image, question, query_positions=[-1])),
+        "trace": (lambda: vl.trace(llava, image, question, keep=vl.Keep(query_positions=[-1])),
+                  lambda: vl.trace(owl, image, question, keep=vl.Keep(query_positions=[-1]))),
     }
     times = {name: ([], []) for name in stages}
     with torch.no_grad():

@@ -42,9 +42,9 @@ import torch
 from PIL import Image
 
 import vlm_lens as vl
-from vlm_lens.datasets import from_table
-from vlm_lens.lens import target_token_ids
-from vlm_lens.runs import run
+from vlm_lens.runs.datasets import from_table
+from vlm_lens.runs.engine import run
+from vlm_lens.tracing.logit_lens import target_token_ids
 
 PROMPT = "How would you rate the quality of this image?"
 #: glibc malloc settings of the memory subprocesses: a fixed mmap threshold returns every large freed block to the
@@ -55,7 +55,7 @@ LEVELS = ["excellent", "good", "fair", "poor", "bad"]
 
 
 def build(folder: Path, layers: int, hidden: int, image_size: int) -> str:
-    from vlm_lens.tiny import tiny_llava
+    from vlm_lens.testing import tiny_llava
 
     return str(tiny_llava(folder / "model", layers=layers, hidden=hidden, heads=8, kv_heads=8,
                           intermediate=hidden * 11 // 4, vision_hidden=64, vision_layers=1, image_size=image_size,

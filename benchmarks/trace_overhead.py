@@ -33,7 +33,7 @@ import vlm_lens as vl
 
 
 def build(folder: str, layers: int) -> str:
-    from vlm_lens.tiny import tiny_llava
+    from vlm_lens.testing import tiny_llava
 
     # 336 px / patch 14 -> 24 x 24 = 576 image tokens; a small vision tower keeps the cost in the decoder
     return str(tiny_llava(folder, layers=layers, hidden=512, heads=8, kv_heads=8, intermediate=1376,
@@ -100,7 +100,7 @@ def main() -> None:
         return m.model(**inputs, use_cache=False)
 
     def traced():
-        t = vl.trace(m, image, prompt, query_positions=queries)
+        t = vl.trace(m, image, prompt, keep=vl.Keep(query_positions=queries))
         return t.lens(topk=4)
 
     def hf_eager():
@@ -114,7 +114,7 @@ def main() -> None:
 
         def with_nnsight():
             saved = []
-            with wrapped.trace(**inputs, use_cache=False):
+            with vl.trace(wrapped, **inputs, use_cache=False):
                 for layer in wrapped.model.language_model.layers:
                     saved.append(layer.output.save())
             return saved

@@ -12,9 +12,9 @@ import argparse
 from pathlib import Path
 
 import vlm_lens as vl
+from vlm_lens.biqa.vocabulary import LEVELS, QALIGN_PROMPT
 
-QUESTION = "How would you rate the quality of this image?"
-LEVELS = ["excellent", "good", "fair", "poor", "bad"]
+LEVELS = list(LEVELS)
 ONE_STAGE, TWO_STAGE = "zoo:tiny-biqa-one-stage", "zoo:tiny-biqa-two-stage"
 
 
@@ -27,7 +27,7 @@ def arguments(description: str, models: int = 1) -> argparse.ArgumentParser:
         parser.add_argument("--model-b", default=TWO_STAGE, help="second checkpoint (default: %(default)s)")
     parser.add_argument("--image", help="image file (default: synthetic image --synthetic K of the zoo's seed 1)")
     parser.add_argument("--synthetic", type=int, default=2, metavar="K", help="which synthetic image (default: 2)")
-    parser.add_argument("--prompt", default=QUESTION, help="the question (default: %(default)r)")
+    parser.add_argument("--prompt", default=QALIGN_PROMPT, help="the question (default: %(default)r)")
     parser.add_argument("--generate", type=int, default=48, help="answer tokens to generate at most (default: 48)")
     parser.add_argument("--dtype", help="e.g. bfloat16 for a 7B model on a GPU")
     parser.add_argument("--device", help="e.g. cuda")

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 import vlm_lens as vl
-from vlm_lens.tiny import tiny_llava
+from vlm_lens.testing import tiny_llava
 
 torch.set_num_threads(2)
 

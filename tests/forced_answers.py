@@ -33,5 +33,5 @@ def forced_trace(model: vl.LensModel, image, text: str, prompt: str = "describe 
                  **kwargs) -> vl.Trace:
     """A trace whose response is exactly ``text`` followed by ``</s>``."""
     ids = answer_ids(model, text)
-    return vl.trace(model, image, prompt, generate=len(ids) + 1,
-                    generation_kwargs={"logits_processor": LogitsProcessorList([Force([ids])])}, **kwargs)
+    force = {"logits_processor": LogitsProcessorList([Force([ids])])}
+    return vl.trace(model, image, prompt, generate=vl.Generation(len(ids) + 1, kwargs=force), **kwargs)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import PROMPT, attention_state, warm_up
 from PIL import Image
 
 import vlm_lens as vl
-from conftest import PROMPT, attention_state, warm_up
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_generate_must_be_a_count(guarded, image, generate):
 
 def test_sampling_settings(guarded, image):
     with pytest.raises(vl.VlmLensError, match="temperature > 0"):
-        vl.trace(guarded, image, PROMPT, generate=2, do_sample=True, temperature=0)
+        vl.trace(guarded, image, PROMPT, generate=vl.Generation(2, do_sample=True, temperature=0))
 
 
 def test_topk_larger_than_vocab(guarded, image):
@@ -74,13 +74,13 @@ def test_topk_larger_than_vocab(guarded, image):
 
 def test_positions_out_of_range(guarded, image):
     with pytest.raises(vl.VlmLensError, match=r"query_positions: 31 is out of range for a sequence of 31 positions"):
-        vl.trace(guarded, image, PROMPT, query_positions=[0, 31])
+        vl.trace(guarded, image, PROMPT, keep=vl.Keep(query_positions=[0, 31]))
     with pytest.raises(vl.VlmLensError, match=r"positions: -32 is out of range"):
-        vl.trace(guarded, image, PROMPT, positions=[-32])
+        vl.trace(guarded, image, PROMPT, keep=vl.Keep(positions=[-32]))
     with pytest.raises(vl.VlmLensError, match=r"layers: 5 is not valid"):
-        vl.trace(guarded, image, PROMPT, layers=[5])
+        vl.trace(guarded, image, PROMPT, keep=vl.Keep(layers=[5]))
     with pytest.raises(vl.VlmLensError, match=r"attention: 3 is not valid"):
-        vl.trace(guarded, image, PROMPT, attention=[3])
+        vl.trace(guarded, image, PROMPT, keep=vl.Keep(attention=[3]))
     t = vl.trace(guarded, image, PROMPT)
     with pytest.raises(vl.VlmLensError, match=r"position 40 is out of range"):
         t.lens(positions=[40])
@@ -99,6 +99,6 @@ def test_mismatched_batch(guarded, image):
     with pytest.raises(vl.VlmLensError, match="a list of 2 prompts needs a list of as many images"):
         vl.trace(guarded, image, [PROMPT, PROMPT])
     with pytest.raises(vl.VlmLensError, match="prompts\\[1\\]: expected a string"):
-        vl.trace_batch(guarded, [image, image], [PROMPT, 3])
+        vl.trace(guarded, [image, image], [PROMPT, 3])
     with pytest.raises(vl.VlmLensError, match="expected the result of vl.load"):
         vl.trace(guarded.model, image, PROMPT)

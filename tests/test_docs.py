@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PAGES = sorted((ROOT / "docs").rglob("*.md")) + [ROOT / "README.md"]
 FENCE = re.compile(r"^(?P<indent> *)```(?P<lang>[\w+-]*)[^\n]*\n(?P<body>.*?)^(?P=indent)```[ \t]*$", re.M | re.S)
 SKIP = "<!-- skip-test -->"
-DOCTESTED = ["vlm_lens.plot", "vlm_lens.plot._style", "vlm_lens.report"]
+DOCTESTED = ["vlm_lens.plot", "vlm_lens.plot.style", "vlm_lens.report.html"]
 
 
 def blocks(page: Path) -> list[tuple[int, str, str, bool]]:

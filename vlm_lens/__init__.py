@@ -1,7 +1,11 @@
 """vlm_lens: why a vision-language model answers what it answers.
 
 Every layer's residual stream, exact attention rows of the tokens you ask about, and the logit lens, for the
-decoders of LLaVA-family VLMs, with tokens labelled system / image / instruction / response.
+decoders of vision-language models, with tokens labelled system / image / instruction / response.
+
+``import vlm_lens`` is light: the verbs below are imported the first time one is used, and that first use also
+loads every layer that extends a :class:`Trace` (``t.plot``, ``t.report``, ``t.quality``, ``t.attention_mass``), so
+what a user reaches through ``vl.`` always has them. The package's layers are described in docs/architecture.md.
 
 Example:
     >>> import vlm_lens as vl                                                   # doctest: +SKIP
@@ -10,16 +14,45 @@ Example:
     >>> t.lens(topk=4)                                                          # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from . import analyses, datasets, plot, zoo  # noqa: E402  (plot imports no matplotlib until a figure is drawn)
-from .compare import Comparison, compare  # noqa: E402
-from .errors import VlmLensError  # noqa: E402
-from .loading import LensModel, load, wrap  # noqa: E402
-from .trace import trace, trace_batch  # noqa: E402
-from .report import write_report  # noqa: E402
-from .runs import RunResult, evaluate, run  # noqa: E402
-from .trace_result import Trace  # noqa: E402
+from typing import TYPE_CHECKING
 
-__all__ = ["Comparison", "LensModel", "RunResult", "Trace", "VlmLensError", "analyses", "compare", "datasets",
-           "evaluate", "load", "plot", "run", "trace", "trace_batch", "wrap", "write_report", "zoo"]
+from .core.lazy import lazy_exports
+from .core.version import __version__  # noqa: F401 - vl.__version__
+from .extensions import register_all
+
+__all__ = ["Comparison", "Generation", "Keep", "LensModel", "RunResult", "Trace", "VlmLensError", "analyses",
+           "compare", "datasets", "evaluate", "load", "plot", "run", "trace", "wrap", "write_report", "zoo"]
+
+_EXPORTS = {
+    "Comparison": ".biqa.comparison:Comparison", "compare": ".biqa.comparison:compare",
+    "evaluate": ".biqa.evaluation:evaluate", "analyses": ".biqa.analyses",
+    "Generation": ".tracing.settings:Generation", "Keep": ".tracing.settings:Keep",
+    "LensModel": ".tracing.loading:LensModel", "load": ".tracing.loading:load", "wrap": ".tracing.loading:wrap",
+    "Trace": ".tracing.record:Trace", "trace": ".tracing.tracer:trace",
+    "RunResult": ".runs.engine:RunResult", "run": ".runs.engine:run", "datasets": ".runs.datasets",
+    "VlmLensError": ".core.errors:VlmLensError",
+    "plot": ".plot", "write_report": ".report.html:write_report", "zoo": ".zoo",
+}
+_REMOVED = {
+    "trace_batch": "vl.trace_batch(model, images, prompts, ...) was removed: vl.trace takes a list of prompts (and one "
+                   "image entry per prompt) and traces them as one batch.",
+}
+# The first use of any name also loads what the upper layers register below them (Trace methods and accessors, the
+# default analyses of a run, the Q-Align prompt format, the zoo: source of load): see vlm_lens.extensions.
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS, removed=_REMOVED, before=register_all)
+
+if TYPE_CHECKING:  # what static tools and IDEs see; at run time these load on first use
+    from . import plot, zoo
+    from .biqa import analyses
+    from .biqa.comparison import Comparison, compare
+    from .biqa.evaluation import evaluate
+    from .core.errors import VlmLensError
+    from .report.html import write_report
+    from .runs import datasets
+    from .runs.engine import RunResult, run
+    from .tracing.loading import LensModel, load, wrap
+    from .tracing.record import Trace
+    from .tracing.settings import Generation, Keep
+    from .tracing.tracer import trace

@@ -4,7 +4,7 @@ Each builder writes ``config.json`` + ``model.safetensors`` + the processor file
 holding the family's special tokens, the family's PIL image processor, its chat template) to a folder that loads
 with ``vl.load(path)`` and with transformers' own ``from_pretrained``. Shapes are tiny (2-3 layers, d_model 32-64,
 images of a few dozen pixels) so that a whole family's invariants run in seconds on a CPU; weights are spread out
-(:func:`vlm_lens.tiny._spread_weights`) so that attention is far from uniform and exactness tests mean something.
+(:func:`vlm_lens.testing.llava._spread_weights`) so that attention is far from uniform and exactness tests mean something.
 
 Families whose processor also holds a video processor (Qwen2-VL, LLaVA-OneVision, SmolVLM) are saved through
 the image-only processor classes of their adapters: transformers' video processors need torchvision, which is not
@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from vlm_lens.tiny import VOCABULARY, _spread_weights
+from vlm_lens.testing.llava import VOCABULARY, _spread_weights
 
 __all__ = ["family_tokenizer", "tiny_gemma3", "tiny_idefics3", "tiny_llava_onevision", "tiny_paligemma",
            "tiny_qwen2_vl", "tiny_vipllava"]
@@ -44,7 +44,14 @@ def family_tokenizer(specials: list[str], *, bos: bool = True, named: dict[str, 
         bos: Whether encoding adds ``<s>`` in front (Gemma and LLaMA do; Qwen does not).
         named: Extra named special tokens (``{"image_token": "<image>"}``) that processors read as attributes.
     """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
     from transformers import PreTrainedTokenizerFast
 
     vocab = list(dict.fromkeys(BASE_SPECIALS + list(specials) + WORDS))
@@ -102,7 +109,11 @@ def tiny_qwen2_vl(path: str | Path, *, version: str = "2", layers: int = 2, hidd
     multiples of ``2 * patch``) becomes ``H / (2 patch) x W / (2 patch)`` tokens.
     """
     import transformers as tf
-    from vlm_lens.models.qwen2_vl import Qwen2VLImageTextProcessor, Qwen2_5_VLImageTextProcessor
+
+    from vlm_lens.models.qwen2_vl import (
+        Qwen2_5_VLImageTextProcessor,
+        Qwen2VLImageTextProcessor,
+    )
 
     folder = Path(path)
     tokenizer = family_tokenizer(QWEN_SPECIALS, bos=False)
@@ -154,6 +165,7 @@ def tiny_llava_onevision(path: str | Path, *, layers: int = 2, hidden: int = 64,
     """LLaVA-OneVision: SigLIP + Qwen2, anyres crops (unpadded, newline per row, shrunk past ``aspect_ratio``) for
     a single image, base grid + one newline for each image of a multi-image prompt."""
     import transformers as tf
+
     from vlm_lens.models.llava_onevision import LlavaOnevisionImageTextProcessor
 
     folder = Path(path)
@@ -313,7 +325,7 @@ def tiny_vipllava(path: str | Path, *, layers: int = 2, hidden: int = 64, heads:
     vlm_lens has no adapter for, to exercise the generic adapter."""
     import transformers as tf
 
-    from vlm_lens.tiny import CHAT_TEMPLATE
+    from vlm_lens.models.llava import CHAT_TEMPLATE
 
     folder = Path(path)
     tokenizer = family_tokenizer(["<image>"], bos=True, named={"image_token": "<image>"})

@@ -1,6 +1,7 @@
 """The invariants every model family must pass, each against an independent reference.
 
-A family's test module subclasses :class:`FamilyInvariants` and provides the fixtures:
+``test_invariants.py`` runs :class:`FamilyInvariants` on every row of the table of ``families.py``, which
+provides the fixtures:
 
 - ``m``: the tiny checkpoint loaded with ``vl.load`` (SDPA attention);
 - ``eager``: the same checkpoint loaded by transformers with an eager decoder (:func:`eager_twin`);
@@ -21,7 +22,7 @@ import pytest
 import torch
 
 import vlm_lens as vl
-from vlm_lens.lens import LogitLens
+from vlm_lens.tracing.logit_lens import LogitLens
 
 feature = pytest.mark.feature
 
@@ -55,13 +56,13 @@ def rows_of(ref, query_positions: torch.Tensor) -> torch.Tensor:
 
 
 class FamilyInvariants:
-    """Tests inherited by every family's test class (see the module docstring for the fixtures they need)."""
+    """Tests every family passes, run per row by test_invariants.py (the module docstring lists their fixtures)."""
 
     @feature("rows")
     def test_rows_equal_eager_weights(self, m, eager, single):
         images, prompt = single
-        length = len(vl.trace(m, images, prompt, attention=False, layers=[0]).tokens)
-        t = vl.trace(m, images, prompt, query_positions=list(range(length)))
+        length = len(vl.trace(m, images, prompt, keep=vl.Keep(attention=False, layers=[0])).tokens)
+        t = vl.trace(m, images, prompt, keep=vl.Keep(query_positions=list(range(length))))
         ref = reference(eager, m, images, t.meta["rendered_prompt"], output_attentions=True)
         assert len(ref.attentions) == m.adapter.n_layers == t.attention.shape[0]
         torch.testing.assert_close(t.attention, rows_of(ref, t.query_positions), atol=1e-5, rtol=0)
@@ -70,8 +71,8 @@ class FamilyInvariants:
     @feature("rows")
     def test_rows_equal_eager_under_left_padding(self, m, eager, batch):
         images, prompts = [b[0] for b in batch], [b[1] for b in batch]
-        shortest = min(len(t.tokens) for t in vl.trace(m, images, prompts, attention=False, layers=[0]))
-        traces = vl.trace(m, images, prompts, query_positions=list(range(-shortest, 0)))
+        shortest = min(len(t.tokens) for t in vl.trace(m, images, prompts, keep=vl.Keep(attention=False, layers=[0])))
+        traces = vl.trace(m, images, prompts, keep=vl.Keep(query_positions=list(range(-shortest, 0))))
         assert len({len(t.tokens) for t in traces}) > 1  # the batch really was padded
         for t, pictures in zip(traces, images):
             ref = reference(eager, m, pictures, t.meta["rendered_prompt"], output_attentions=True)
@@ -91,7 +92,7 @@ class FamilyInvariants:
     @feature("lens")
     def test_lens_of_last_layer_equals_logits(self, m, single):
         images, prompt = single
-        t = vl.trace(m, images, prompt, query_positions=[0, 3, -2, -1])
+        t = vl.trace(m, images, prompt, keep=vl.Keep(query_positions=[0, 3, -2, -1]))
         ref = reference(m.model, m, images, t.meta["rendered_prompt"])
         torch.testing.assert_close(t.logits, ref.logits[0, t.query_positions].float(), atol=1e-5, rtol=0)
         lens = LogitLens(m.adapter).logits(t.hidden[-1, t.query_positions])
@@ -167,7 +168,7 @@ class FamilyInvariants:
         """Every image span starts and ends on an image token, image segments are exactly the image tokens inside
         spans, and the count equals the processor's own expansion."""
         images, prompts = [b[0] for b in batch], [b[1] for b in batch]
-        for t, pictures in zip(vl.trace(m, images, prompts, attention=False, layers=[0]), images):
+        for t, pictures in zip(vl.trace(m, images, prompts, keep=vl.Keep(attention=False, layers=[0])), images):
             ids = t.tokens.id.tolist()
             placeholders = set(m.adapter.placeholder_ids)
             image_positions = [p for p, i in enumerate(ids) if i in placeholders]

@@ -1,50 +1,27 @@
 """Gemma 3: image spans between <start_of_image>/<end_of_image>, bidirectional image blocks and sliding-window
 layers in the attention rows, the lens through Gemma's (1 + w) norm and scaled embeddings (with the model's own
-choice not to soft-cap its final logits), and the family-independent invariants."""
+choice not to soft-cap its final logits), and refused pan-and-scan crops (the family-independent
+invariants run in test_invariants.py)."""
 
 from __future__ import annotations
 
 import pytest
+from conftest import PROMPT, random_image
+from families import family_fixtures, rows
+from invariants import feature
 
 import vlm_lens as vl
-from builders import tiny_gemma3
-from conftest import PROMPT, random_image
-from invariants import FamilyInvariants, eager_twin, feature
+
+variant = rows("Gemma 3")
+checkpoint, m, eager, single, batch = family_fixtures()
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    return str(tiny_gemma3(tmp_path_factory.mktemp("gemma3"), final_logit_softcapping=3.0, seed=51))
-
-
-@pytest.fixture(scope="module")
-def m(checkpoint) -> vl.LensModel:
-    return vl.load(checkpoint)
-
-
-@pytest.fixture(scope="module")
-def eager(checkpoint, m):
-    return eager_twin(checkpoint, m)
-
-
-@pytest.fixture
-def single():
-    return [random_image(0, (50, 40))], PROMPT
-
-
-@pytest.fixture
-def batch():
-    return [([random_image(1, (64, 32))], PROMPT), ([random_image(2, (40, 40))], "rate it"),
-            ([random_image(3), random_image(4)], "what is the quality of this picture ?")]
-
-
-class TestGemma3(FamilyInvariants):
-    row = "Gemma 3"
+class TestGemma3:
 
     @feature("spans")
     def test_image_tokens_between_their_markers(self, m, single):
         images, prompt = single
-        t = vl.trace(m, images, prompt, attention=False, layers=[0])
+        t = vl.trace(m, images, prompt, keep=vl.Keep(attention=False, layers=[0]))
         rendered = f"<start_of_turn>user\n<start_of_image>{prompt}<end_of_turn>\n<start_of_turn>model\n"
         assert t.meta["rendered_prompt"] == rendered
         span = t.spans["image"]
@@ -55,7 +32,8 @@ class TestGemma3(FamilyInvariants):
 
     @feature("multi_image")
     def test_two_images(self, m):
-        t = vl.trace(m, [random_image(1), random_image(2, (20, 60))], "rate it", attention=False, layers=[0])
+        t = vl.trace(m, [random_image(1), random_image(2, (20, 60))], "rate it",
+                     keep=vl.Keep(attention=False, layers=[0]))
         first, second = t.spans["image"], t.spans["image_1"]
         assert (len(first), len(second), first.image_index, second.image_index) == (16, 16, 0, 1)
         assert second.start - first.stop == 2  # <end_of_image><start_of_image>
@@ -63,7 +41,7 @@ class TestGemma3(FamilyInvariants):
     @feature("rows")
     def test_image_blocks_are_bidirectional_and_windows_slide(self, m, single):
         images, prompt = single
-        t = vl.trace(m, images, prompt, generate=4, query_positions=[4, 19, -1])
+        t = vl.trace(m, images, prompt, generate=4, keep=vl.Keep(query_positions=[4, 19, -1]))
         span = t.spans["image"]
         assert (span.start, span.stop) == (4, 20)
         layer_types = m.adapter.text_config.layer_types
@@ -79,7 +57,7 @@ class TestGemma3(FamilyInvariants):
         """``final_logit_softcapping=3`` is in the config, yet Gemma3ForConditionalGeneration ignores it; the lens
         follows the model (lens == logits is test_lens_of_last_layer_equals_logits)."""
         images, prompt = single
-        t = vl.trace(m, images, prompt, query_positions=[-1])
+        t = vl.trace(m, images, prompt, keep=vl.Keep(query_positions=[-1]))
         assert m.model.config.text_config.final_logit_softcapping == 3.0 and t.logits.abs().max() > 3.0
 
     @feature("spans")

@@ -1,64 +1,42 @@
-"""The generic adapter: an image-text-to-text family without adapter (VipLLaVA) traced with a warning naming
-what was guessed, passing the family-independent invariants; models missing a piece of the common layout refused
-with the piece named."""
+"""The generic adapter: an image-text-to-text family without adapter (VipLLaVA) traced (its loading warning, naming
+what was guessed, is checked by families.py; the family-independent invariants run in test_invariants.py); models
+missing a piece of the common layout refused with the piece named."""
 
 from __future__ import annotations
 
 import pytest
-from transformers import AutoModelForImageTextToText, AutoProcessor, LlamaConfig, LlamaForCausalLM
+from conftest import random_image
+from families import family_fixtures, rows
+from invariants import feature
+from transformers import (
+    AutoModelForImageTextToText,
+    AutoProcessor,
+    LlamaConfig,
+    LlamaForCausalLM,
+)
 
 import vlm_lens as vl
-from builders import tiny_vipllava
-from conftest import PROMPT, random_image
-from invariants import FamilyInvariants, eager_twin, feature
-from vlm_lens.errors import UnsupportedModelError
+from vlm_lens.core.errors import UnsupportedModelError
 from vlm_lens.models import adapter_class
 from vlm_lens.models.generic import GenericAdapter
 
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    return str(tiny_vipllava(tmp_path_factory.mktemp("vipllava"), seed=61))
+variant = rows("generic (VipLLaVA)")
+checkpoint, m, eager, single, batch = family_fixtures()
 
 
-@pytest.fixture(scope="module")
-def m(checkpoint) -> vl.LensModel:
-    with pytest.warns(UserWarning, match=r"model_type='vipllava' has no vlm_lens adapter; using the generic "
-                                         r"adapter.*`model.language_model` \(2 x LlamaDecoderLayer\).*`model."
-                                         r"language_model.norm`.*image token id 4"):
-        return vl.load(checkpoint)
-
-
-@pytest.fixture(scope="module")
-def eager(checkpoint, m):
-    return eager_twin(checkpoint, m)
-
-
-@pytest.fixture
-def single():
-    return [random_image(0, (50, 40))], PROMPT
-
-
-@pytest.fixture
-def batch():
-    return [([random_image(1, (64, 32))], PROMPT), ([random_image(2, (40, 40))], "rate it"),
-            ([random_image(3), random_image(4)], "what is the quality of this picture ?")]
-
-
-class TestGeneric(FamilyInvariants):
-    row = "generic (VipLLaVA)"
+class TestGeneric:
 
     @feature("spans")
     def test_spans_are_runs_of_the_image_token_without_grid(self, m, single):
         images, prompt = single
-        t = vl.trace(m, images, prompt, attention=False, layers=[0])
+        t = vl.trace(m, images, prompt, keep=vl.Keep(attention=False, layers=[0]))
         assert m.family == "generic" and isinstance(m.adapter, GenericAdapter)
         span = t.spans["image"]
         assert len(span) == 16 and span.grid is None and span.layout == ()
 
     @feature("multi_image")
     def test_adjacent_images_are_split_evenly(self, m):
-        t = vl.trace(m, [random_image(1), random_image(2)], "rate it", attention=False, layers=[0])
+        t = vl.trace(m, [random_image(1), random_image(2)], "rate it", keep=vl.Keep(attention=False, layers=[0]))
         first, second = t.spans["image"], t.spans["image_1"]
         assert (first.stop, len(first), len(second)) == (second.start, 16, 16)
 

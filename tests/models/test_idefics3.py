@@ -1,50 +1,18 @@
 """Idefics3 / SmolVLM: tiled images with row/column markers (tiles follow the image's shape), the global view,
-several images per prompt, and the family-independent invariants."""
+and several images per prompt (the family-independent invariants run in test_invariants.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import PROMPT, random_image
+from families import family_fixtures, rows
+from invariants import feature, reference_inputs
 
 import vlm_lens as vl
-from builders import tiny_idefics3
-from conftest import PROMPT, random_image
-from invariants import FamilyInvariants, eager_twin, feature, reference_inputs
 
-VARIANTS = {"Idefics3": dict(seed=31), "SmolVLM": dict(smolvlm=True, kv_heads=1, seed=32)}
-
-
-@pytest.fixture(scope="module", params=list(VARIANTS))
-def variant(request) -> str:
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def checkpoint(variant, tmp_path_factory) -> str:
-    if variant == "SmolVLM":
-        pytest.importorskip("num2words", reason="transformers' SmolVLMProcessor needs the num2words package")
-    return str(tiny_idefics3(tmp_path_factory.mktemp(variant), **VARIANTS[variant]))
-
-
-@pytest.fixture(scope="module")
-def m(checkpoint) -> vl.LensModel:
-    return vl.load(checkpoint)
-
-
-@pytest.fixture(scope="module")
-def eager(checkpoint, m):
-    return eager_twin(checkpoint, m)
-
-
-@pytest.fixture
-def single():
-    return [random_image(0, (50, 40))], PROMPT
-
-
-@pytest.fixture
-def batch():
-    return [([random_image(1, (64, 32))], PROMPT), ([random_image(2, (40, 40))], "rate it"),
-            ([random_image(3, (30, 60)), random_image(4, (32, 48))], "what is the quality of this picture ?")]
+variant = rows("Idefics3", "SmolVLM")
+checkpoint, m, eager, single, batch = family_fixtures()
 
 
 def model_features(m, images, text) -> int:
@@ -56,13 +24,13 @@ def model_features(m, images, text) -> int:
     return sum(int(f.numel() // f.shape[-1]) for f in features)  # embeddings, whatever the grouping
 
 
-class TestIdefics3(FamilyInvariants):
+class TestIdefics3:
 
     @feature("spans")
     @pytest.mark.parametrize("size, tiles", [((64, 32), (1, 2)), ((30, 60), (2, 1)), ((50, 40), (2, 2))])
     def test_tiles_follow_the_image_shape(self, m, size, tiles):
         image = random_image(5, size)
-        t = vl.trace(m, image, PROMPT, attention=False, layers=[0])
+        t = vl.trace(m, image, PROMPT, keep=vl.Keep(attention=False, layers=[0]))
         span = t.spans["image"]
         rows, cols = tiles
         names = ["base"] + [f"crop_{r}_{c}" for r in range(1, rows + 1) for c in range(1, cols + 1)]
@@ -83,7 +51,7 @@ class TestIdefics3(FamilyInvariants):
         image_processor = m.processor.image_processor
         image_processor.do_image_splitting = False
         try:
-            t = vl.trace(m, random_image(6, (50, 40)), PROMPT, attention=False, layers=[0])
+            t = vl.trace(m, random_image(6, (50, 40)), PROMPT, keep=vl.Keep(attention=False, layers=[0]))
         finally:
             image_processor.do_image_splitting = True
         span = t.spans["image"]
@@ -92,7 +60,7 @@ class TestIdefics3(FamilyInvariants):
     @feature("multi_image")
     def test_two_images_with_different_tilings(self, m):
         t = vl.trace(m, [random_image(1, (64, 32)), random_image(2, (50, 40))], "rate the quality of this image",
-                     attention=False, layers=[0])
+                     keep=vl.Keep(attention=False, layers=[0]))
         first, second = t.spans["image"], t.spans["image_1"]
         assert (first.image_index, second.image_index) == (0, 1)
         assert [b.name for b in first.layout] == ["base", "crop_1_1", "crop_1_2"]

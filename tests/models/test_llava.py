@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import PROMPT, random_image
 
 import vlm_lens as vl
-from conftest import PROMPT, random_image
 
 
 def processor_image_tokens(m, image, text):

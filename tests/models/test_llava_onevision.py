@@ -1,41 +1,19 @@
 """LLaVA-OneVision: anyres spans (base + unpadded, possibly shrunk crops with row newlines) against the model's own
-packed image features, base-only layout for multi-image prompts, and the family-independent invariants."""
+packed image features, and the base-only layout of multi-image prompts (the invariants run in
+test_invariants.py)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import PROMPT, random_image
+from families import family_fixtures, rows
+from invariants import feature, reference_inputs
 
 import vlm_lens as vl
-from builders import tiny_llava_onevision
-from conftest import PROMPT, random_image
-from invariants import FamilyInvariants, eager_twin, feature, reference_inputs
 
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> str:
-    return str(tiny_llava_onevision(tmp_path_factory.mktemp("onevision"), seed=21))
-
-
-@pytest.fixture(scope="module")
-def m(checkpoint) -> vl.LensModel:
-    return vl.load(checkpoint)
-
-
-@pytest.fixture(scope="module")
-def eager(checkpoint, m):
-    return eager_twin(checkpoint, m)
-
-
-@pytest.fixture
-def single():
-    return [random_image(0, (50, 40))], PROMPT
-
-
-@pytest.fixture
-def batch():
-    return [([random_image(1, (64, 32))], PROMPT), ([random_image(2, (20, 60))], "rate it"),
-            ([random_image(3, (40, 40)), random_image(4, (32, 48))], "what is the quality of this picture ?")]
+variant = rows("LLaVA-OneVision")
+checkpoint, m, eager, single, batch = family_fixtures()
 
 
 def model_features(m, images, text) -> list[int]:
@@ -48,14 +26,13 @@ def model_features(m, images, text) -> list[int]:
     return [int(f.shape[0]) for f in features]
 
 
-class TestLlavaOnevision(FamilyInvariants):
-    row = "LLaVA-OneVision"
+class TestLlavaOnevision:
 
     @feature("spans")
     @pytest.mark.parametrize("size", [(50, 40), (64, 32), (32, 64), (100, 30), (16, 16)])
     def test_spans_follow_the_image_size(self, m, size):
         image = random_image(7, size)
-        t = vl.trace(m, image, PROMPT, attention=False, layers=[0])
+        t = vl.trace(m, image, PROMPT, keep=vl.Keep(attention=False, layers=[0]))
         span = t.spans["image"]
         assert [len(span)] == model_features(m, [image], t.meta["rendered_prompt"])
         base, crops = span.layout
@@ -71,7 +48,7 @@ class TestLlavaOnevision(FamilyInvariants):
     def test_crops_are_shrunk_past_the_aspect_ratio_budget(self, m):
         """anyres_max_2 with 4x4 patches per crop: a 2x2-crop image (8x8 patches) is shrunk by sqrt(2)."""
         image = random_image(8, (32, 32))
-        t = vl.trace(m, image, PROMPT, attention=False, layers=[0])
+        t = vl.trace(m, image, PROMPT, keep=vl.Keep(attention=False, layers=[0]))
         crops = t.spans["image"].layout[1]
         assert (crops.rows, crops.cols) == (5, 5)
         assert [len(t.spans["image"])] == model_features(m, [image], t.meta["rendered_prompt"])
@@ -79,7 +56,7 @@ class TestLlavaOnevision(FamilyInvariants):
     @feature("multi_image")
     def test_several_images_get_the_base_grid_and_one_newline(self, m):
         images = [random_image(1, (64, 32)), random_image(2, (20, 60)), random_image(3)]
-        t = vl.trace(m, images, "rate the quality of this image", attention=False, layers=[0])
+        t = vl.trace(m, images, "rate the quality of this image", keep=vl.Keep(attention=False, layers=[0]))
         spans = t.image_spans
         assert [s.image_index for s in spans] == [0, 1, 2]
         assert all(len(s) == 17 and s.grid == (4, 4) and s.layout[1].name == "newline" for s in spans)

@@ -19,8 +19,13 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 import vlm_lens as vl
-from vlm_lens.errors import UnsupportedModelError, VlmLensError
-from vlm_lens.models.mplug_owl2 import MPLUGOwl2ForCausalLM, expand2square, load_config, load_model
+from vlm_lens.core.errors import UnsupportedModelError, VlmLensError
+from vlm_lens.models.mplug_owl2 import (
+    MPLUGOwl2ForCausalLM,
+    expand2square,
+    load_config,
+    load_model,
+)
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "mplug_owl2_tiny"
 EXPECTED = json.loads((FIXTURE / "expected.json").read_text())

@@ -20,10 +20,11 @@ import torch
 from PIL import Image
 
 import vlm_lens as vl
-from vlm_lens.errors import VlmLensError
-from vlm_lens.lens import LogitLens
-from vlm_lens.models.mplug_owl2 import (IMAGE_TOKEN_INDEX, LEVELS, PROMPT_FORMATS, qalign_score,
-                                        qalign_score_from_logits)
+from vlm_lens.biqa import qalign_score, weighted_score
+from vlm_lens.biqa.vocabulary import LEVELS
+from vlm_lens.core.errors import VlmLensError
+from vlm_lens.models.mplug_owl2 import IMAGE_TOKEN_INDEX, PROMPT_FORMATS
+from vlm_lens.tracing.logit_lens import LogitLens
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "mplug_owl2_tiny"
 T = 9
@@ -61,7 +62,7 @@ def _write_tokenizer(folder: Path, legacy: bool) -> bytes:
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
     """The fixture + a word-level tokenizer.json (no optional packages needed)."""
-    from vlm_lens.tiny import word_tokenizer
+    from vlm_lens.zoo.tokenizer import word_tokenizer
 
     folder = tmp_path_factory.mktemp("owl") / "mplug_owl2_tiny_words"
     shutil.copytree(FIXTURE, folder)
@@ -198,14 +199,14 @@ def test_qalign_score_is_the_level_softmax_of_the_models_logits(eager, image):
 
 
 def test_qalign_score_without_tokenizer():
-    """A tokenizer-less model (the raw fixture): explicit ids on the model's logits."""
+    """A tokenizer-less model (the raw fixture): the one Q-Align scorer on the model's logits at explicit ids."""
     from safetensors.torch import load_file
 
     expected = load_file(str(FIXTURE / "expected.safetensors"))
     logits = expected["logits"][:, -1]
     ids = [15, 61, 81, 170, 9]
     probs = torch.softmax(logits[0, ids], dim=-1)
-    score = qalign_score_from_logits(logits, ids, weights=[5, 4, 3, 2, 1])
+    score = weighted_score(logits[:, ids], weights=[5, 4, 3, 2, 1])
     assert float(score[0]) == pytest.approx(float(probs @ torch.tensor([5.0, 4, 3, 2, 1])), abs=1e-6)
 
 
@@ -238,7 +239,7 @@ def test_trace_with_the_sentencepiece_tokenizer(sp_model, image):
 def test_trace_equals_eager_outputs(model, eager, image):
     """Attention rows (switched attention interface over sdpa) == eager output_attentions; hidden states == the
     model's output_hidden_states; lens of the last layer == logits."""
-    t = vl.trace(model, image, QUESTION, query_positions=[-1, 3, 10])
+    t = vl.trace(model, image, QUESTION, keep=vl.Keep(query_positions=[-1, 3, 10]))
     encoded = eager.adapter.encode([[image]], [eager.adapter.format_prompt(QUESTION, 1)])
     with torch.no_grad():
         out = eager.model(**eager.adapter.forward_inputs(encoded.input_ids, encoded.attention_mask,
@@ -328,7 +329,7 @@ def test_tiny_checkpoint_has_the_official_layout(tmp_path, image):
 
     from safetensors import safe_open
 
-    from vlm_lens.models.mplug_owl2.tiny import tiny_mplug_owl2
+    from vlm_lens.testing.mplug_owl2 import tiny_mplug_owl2
 
     def layout(file: Path) -> set[str]:
         with safe_open(str(file), framework="pt") as handle:

@@ -1,66 +1,33 @@
 """PaliGemma / PaliGemma 2: the prompt format without chat template, the bidirectional prefix (image + prompt) and
-causal answer in the attention rows, Gemma 2's attention and final-logit soft-capping, and the family-independent
-invariants."""
+causal answer in the attention rows, Gemma 2's attention and final-logit soft-capping, and the refused text-only
+sample (in place of that invariant; the others run in test_invariants.py)."""
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
-from transformers import AttentionInterface, AutoModelForImageTextToText, AutoProcessor
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface
-
-import vlm_lens as vl
 from builders import tiny_paligemma
 from conftest import PROMPT, random_image
-from invariants import FamilyInvariants, eager_twin, feature, rows_of
+from families import family_fixtures, rows
+from invariants import feature, rows_of
+from transformers import AttentionInterface, AutoModelForImageTextToText, AutoProcessor
+from transformers.masking_utils import (
+    ALL_MASK_ATTENTION_FUNCTIONS,
+    AttentionMaskInterface,
+)
 
-VARIANTS = {"PaliGemma": dict(version=1, seed=41), "PaliGemma 2": dict(version=2, seed=42)}
+import vlm_lens as vl
 
-
-@pytest.fixture(scope="module", params=list(VARIANTS))
-def variant(request) -> str:
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def checkpoint(variant, tmp_path_factory) -> str:
-    return str(tiny_paligemma(tmp_path_factory.mktemp(variant.replace(" ", "")), **VARIANTS[variant]))
-
-
-@pytest.fixture(scope="module")
-def m(checkpoint, variant) -> vl.LensModel:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        model = vl.load(checkpoint)
-    eager_fallback = [w for w in caught if "loading it with attn_implementation='eager'" in str(w.message)]
-    assert len(eager_fallback) == (variant == "PaliGemma 2")
-    return model
+variant = rows("PaliGemma", "PaliGemma 2")
+checkpoint, m, eager, single, batch = family_fixtures()
 
 
-@pytest.fixture(scope="module")
-def eager(checkpoint, m):
-    return eager_twin(checkpoint, m)
-
-
-@pytest.fixture
-def single():
-    return [random_image(0, (50, 40))], PROMPT
-
-
-@pytest.fixture
-def batch():
-    return [([random_image(1, (64, 32))], PROMPT), ([random_image(2, (40, 40))], "rate it"),
-            ([random_image(3), random_image(4)], "what is the quality of this picture ?")]
-
-
-class TestPaliGemma(FamilyInvariants):
+class TestPaliGemma:
 
     @feature("spans")
     def test_prompt_format_and_segments(self, m, single):
         images, prompt = single
-        t = vl.trace(m, images, prompt, attention=False, layers=[0])
+        t = vl.trace(m, images, prompt, keep=vl.Keep(attention=False, layers=[0]))
         assert t.meta["rendered_prompt"] == "<image>" + prompt
         span = t.spans["image"]
         assert (span.start, span.stop, span.grid) == (0, 16, (4, 4))
@@ -72,13 +39,13 @@ class TestPaliGemma(FamilyInvariants):
 
     @feature("multi_image")
     def test_two_images(self, m):
-        t = vl.trace(m, [random_image(1), random_image(2)], "rate it", attention=False, layers=[0])
+        t = vl.trace(m, [random_image(1), random_image(2)], "rate it", keep=vl.Keep(attention=False, layers=[0]))
         assert [(s.start, s.stop, s.image_index) for s in t.image_spans] == [(0, 16, 0), (16, 32, 1)]
 
     @feature("rows")
     def test_prefix_is_bidirectional_and_answer_causal(self, m, single):
         images, prompt = single
-        t = vl.trace(m, images, prompt, generate=4, query_positions=[0, 20, -3, -1])
+        t = vl.trace(m, images, prompt, generate=4, keep=vl.Keep(query_positions=[0, 20, -3, -1]))
         prompt_end = t.prompt_length
         assert len(t.response_ids) >= 3
         # an image token sees the whole prefix, later prompt words included, and nothing of the answer
@@ -91,13 +58,15 @@ class TestPaliGemma(FamilyInvariants):
 
     @feature("batching")
     def test_text_only_sample_in_a_batch(self, m, single):
+        """Replaces the invariant of the same name (Family.replaces): PaliGemma's prompt always starts with an
+        image, so a text-only sample is refused instead of traced."""
         with pytest.raises(vl.VlmLensError, match=r"images\[1\] is None.*always start with an image"):
             vl.trace(m, [single[0], None], [single[1], "rate it"])
 
     @feature("lens")
     def test_final_logits_are_soft_capped(self, m, variant, single):
         images, prompt = single
-        t = vl.trace(m, images, prompt, query_positions=[-1])
+        t = vl.trace(m, images, prompt, keep=vl.Keep(query_positions=[-1]))
         cap = getattr(m.model.config.get_text_config(), "final_logit_softcapping", None)
         raw = m.adapter.output_head(m.adapter.final_norm(t.hidden[-1, -1]))
         if variant == "PaliGemma 2":
@@ -123,7 +92,7 @@ def test_gemma2_rows_are_recomputed_with_softcap_and_windows(variant, tmp_path):
             path, attn_implementation={"text_config": "vlm_lens_test_eager", "vision_config": "eager"}).eval()
         m = vl.wrap(model, AutoProcessor.from_pretrained(path, backend="pil"))
         image = random_image(0)
-        t = vl.trace(m, image, PROMPT, generate=3, query_positions=list(range(0, 27, 3)) + [-2, -1])
+        t = vl.trace(m, image, PROMPT, generate=3, keep=vl.Keep(query_positions=list(range(0, 27, 3)) + [-2, -1]))
         assert t.meta["rendered_prompt"] and m.adapter.text_config._attn_implementation == "vlm_lens_test_eager"
         eager = AutoModelForImageTextToText.from_pretrained(path, attn_implementation="eager").eval()
         with torch.no_grad():

@@ -1,56 +1,26 @@
-"""Qwen2-VL / Qwen2.5-VL: dynamic-resolution spans with the 2x2-merged grid, several images per prompt, and the
-family-independent invariants under M-RoPE (rows == eager weights with no Qwen-specific code in capture)."""
+"""Qwen2-VL / Qwen2.5-VL: dynamic-resolution spans with the 2x2-merged grid, several images per prompt, and M-RoPE
+positions (test_invariants.py proves rows == eager weights under them, with no Qwen-specific code in capture)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from conftest import PROMPT, random_image
+from families import family_fixtures, rows
+from invariants import feature, reference_inputs
 
 import vlm_lens as vl
-from builders import tiny_qwen2_vl
-from conftest import PROMPT, random_image
-from invariants import FamilyInvariants, eager_twin, feature, reference_inputs
 
-VARIANTS = {"Qwen2-VL": dict(version="2", seed=11), "Qwen2.5-VL": dict(version="2.5", kv_heads=1, seed=12)}
+variant = rows("Qwen2-VL", "Qwen2.5-VL")
+checkpoint, m, eager, single, batch = family_fixtures()
 
 
-@pytest.fixture(scope="module", params=list(VARIANTS))
-def variant(request) -> str:
-    return request.param
-
-
-@pytest.fixture(scope="module")
-def checkpoint(variant, tmp_path_factory) -> str:
-    return str(tiny_qwen2_vl(tmp_path_factory.mktemp(variant), **VARIANTS[variant]))
-
-
-@pytest.fixture(scope="module")
-def m(checkpoint) -> vl.LensModel:
-    return vl.load(checkpoint)
-
-
-@pytest.fixture(scope="module")
-def eager(checkpoint, m):
-    return eager_twin(checkpoint, m)
-
-
-@pytest.fixture
-def single():
-    return [random_image(0, (50, 40))], PROMPT
-
-
-@pytest.fixture
-def batch():
-    return [([random_image(1, (64, 32))], PROMPT), ([random_image(2, (24, 56))], "rate it"),
-            ([random_image(3, (40, 40)), random_image(4, (32, 48))], "what is the quality of this picture ?")]
-
-
-class TestQwen2VL(FamilyInvariants):
+class TestQwen2VL:
 
     @feature("spans")
     @pytest.mark.parametrize("size", [(50, 40), (64, 32), (24, 56), (48, 48)])
     def test_grid_follows_the_image_size_and_the_merge(self, m, size):
-        t = vl.trace(m, random_image(5, size), PROMPT, attention=False)
+        t = vl.trace(m, random_image(5, size), PROMPT, keep=vl.Keep(attention=False))
         span = t.spans["image"]
         thw = reference_inputs(m, [random_image(5, size)], t.meta["rendered_prompt"])["image_grid_thw"][0].tolist()
         assert thw[0] == 1 and span.grid == (thw[1] // 2, thw[2] // 2)
@@ -64,7 +34,7 @@ class TestQwen2VL(FamilyInvariants):
     @feature("spans")
     def test_span_count_equals_the_models_image_features(self, m):
         image = random_image(6, (56, 32))
-        t = vl.trace(m, image, PROMPT, attention=False)
+        t = vl.trace(m, image, PROMPT, keep=vl.Keep(attention=False))
         inputs = reference_inputs(m, [image], t.meta["rendered_prompt"])
         with torch.no_grad():
             features = m.model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"]).pooler_output
@@ -73,7 +43,7 @@ class TestQwen2VL(FamilyInvariants):
     @feature("spans")
     def test_placeholder_in_prompt_keeps_its_place(self, m):
         t = vl.trace(m, random_image(1), "describe <|vision_start|><|image_pad|><|vision_end|> in one word",
-                     attention=False, layers=[0])
+                     keep=vl.Keep(attention=False, layers=[0]))
         assert t.meta["rendered_prompt"].endswith(
             "user\ndescribe <|vision_start|><|image_pad|><|vision_end|> in one word<|im_end|>\n<|im_start|>assistant\n")
         words = t.tokens.text[t.tokens.segment == "instruction"].tolist()
@@ -94,7 +64,7 @@ class TestQwen2VL(FamilyInvariants):
         """The proof that M-RoPE is in play: the model's own 3-D positions differ from the sequence index on the
         image and after it, yet rows equal eager (test_rows_equal_eager_weights) with no Qwen code in capture."""
         images, prompt = single
-        t = vl.trace(m, images, prompt, attention=False, layers=[0])
+        t = vl.trace(m, images, prompt, keep=vl.Keep(attention=False, layers=[0]))
         inputs = reference_inputs(m, images, t.meta["rendered_prompt"])
         positions, _ = m.model.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
                                                     image_grid_thw=inputs["image_grid_thw"],
@@ -107,6 +77,6 @@ class TestQwen2VL(FamilyInvariants):
         assert positions[0, 0, -1].item() == span.start + max(rows, cols) + (len(t.tokens) - span.stop) - 1
         import inspect
 
-        import vlm_lens.capture
+        import vlm_lens.tracing.hooks
 
-        assert "qwen" not in inspect.getsource(vlm_lens.capture).lower()
+        assert "qwen" not in inspect.getsource(vlm_lens.tracing.hooks).lower()

@@ -16,11 +16,11 @@ import torch
 from PIL import Image
 
 import vlm_lens as vl
-from vlm_lens.attention import Attention
-from vlm_lens.datasets import Dataset, from_images
-from vlm_lens.instability import Instability
-from vlm_lens.iqa import Quality
-from vlm_lens.runs import run
+from vlm_lens.biqa.attention import Attention
+from vlm_lens.biqa.instability import Instability
+from vlm_lens.biqa.quality import Quality
+from vlm_lens.runs.datasets import Dataset, from_images
+from vlm_lens.runs.engine import run
 
 
 class SlowDataset(Dataset):

@@ -11,8 +11,13 @@ import torch
 
 import vlm_lens as vl
 from vlm_lens import zoo
-from vlm_lens.zoo.evaluate import answer_metrics, evaluate, greedy_readings, write_report
-from vlm_lens.zoo.grammar import LEVELS, PROMPTS
+from vlm_lens.zoo.evaluate import (
+    answer_metrics,
+    evaluate,
+    greedy_readings,
+    write_report,
+)
+from vlm_lens.zoo.grammar import LEVELS_WORST_FIRST, PROMPTS
 from vlm_lens.zoo.measure import read
 from vlm_lens.zoo.synthetic import synthetic_arrays
 
@@ -57,10 +62,10 @@ def test_one_reading_is_consistent_with_its_trace(zoo_model, fresh):
     images, _ = fresh
     trace = vl.trace(zoo_model, images[0], PROMPTS[0], generate=48)
     reading = read(trace)
-    assert reading.level in LEVELS and 1.0 <= reading.score <= 5.0
+    assert reading.level in LEVELS_WORST_FIRST and 1.0 <= reading.score <= 5.0
     assert reading.level_probs.sum() == pytest.approx(1.0)
     # greedy: the generated word is the most probable level word and the top-1 of the last layer's lens
-    assert LEVELS[int(np.argmax(reading.level_probs))] == reading.level
+    assert LEVELS_WORST_FIRST[int(np.argmax(reading.level_probs))] == reading.level
     assert reading.lens_first_top1 is not None and reading.lens_first_top1 <= zoo_model.adapter.n_layers
     assert reading.lens_stays_top1 is not None and reading.lens_first_top1 <= reading.lens_stays_top1
     assert reading.attention.shape == (zoo_model.adapter.n_layers, 3)

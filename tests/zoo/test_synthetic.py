@@ -52,7 +52,7 @@ def test_labels_are_consistent(sample):
         assert not (row["dark"] > 0 and row["bright"] > 0)
         impairment = sum(IMPAIRMENT_WEIGHTS[t] * s for t, s in severities.items())
         assert row["mos"] == pytest.approx(1 + 4 * math.exp(-impairment))
-        assert row["level"] == grammar.LEVELS[int(np.searchsorted([1.8, 2.6, 3.4, 4.2], row["mos"], side="right"))]
+        assert row["level"] == grammar.LEVELS_WORST_FIRST[int(np.searchsorted([1.8, 2.6, 3.4, 4.2], row["mos"], side="right"))]
         named = grammar.parse(row["description"])
         assert set(named) == {t for t, s in severities.items() if s > 0}
         assert all(named[t] == grammar.severity_word(severities[t]) for t in named)
@@ -62,7 +62,7 @@ def test_labels_are_consistent(sample):
 
 def test_every_level_and_type_occurs(sample):
     _, labels = sample
-    assert set(labels["level"]) == set(grammar.LEVELS)
+    assert set(labels["level"]) == set(grammar.LEVELS_WORST_FIRST)
     assert all((labels[t] > 0).mean() > 0.08 for t in TYPES)
     assert 0.05 < (labels["n_degradations"] == 0).mean() < 0.25
 
@@ -104,7 +104,7 @@ def test_every_grammar_word_is_in_the_vocabulary():
 
     tok = tokenizer()
     text = " ".join([grammar.describe({t: 0.9 for t in TYPES if t != "bright"}), grammar.describe({"bright": 0.1}),
-                     grammar.describe({}), *grammar.PROMPTS, *grammar.LEVELS, "the quality of the image is"])
+                     grammar.describe({}), *grammar.PROMPTS, *grammar.LEVELS_WORST_FIRST, "the quality of the image is"])
     assert tok.unk_token_id not in tok(text, add_special_tokens=False)["input_ids"]
 
 

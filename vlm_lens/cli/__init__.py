@@ -16,10 +16,10 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from ._common import ANALYSES, UsageError
-from ._parser import build_parser
+from .parser import build_parser
+from .usage import UsageError
 
-__all__ = ["ANALYSES", "main"]
+__all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("vlm-lens: error: choose a command (demo, trace, run, compare, eval); see vlm-lens --help",
               file=sys.stderr)
         return 2
-    from ..errors import VlmLensError
+    from ..core.errors import VlmLensError
 
     try:
         return args.run(args)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import UnsupportedModelError
-from .base import Adapter, Encoded, GridBlock, Span
+from ..core.errors import UnsupportedModelError
+from ..core.spans import GridBlock, Span
+from .base import Adapter, Encoded
 from .gemma3 import Gemma3Adapter
 from .generic import GenericAdapter, missing_from_config
 from .idefics3 import Idefics3Adapter

@@ -13,7 +13,7 @@ A family file subclasses :class:`Adapter`, overrides what differs, and registers
 :mod:`vlm_lens.models`. Positions everywhere are *decoder positions*: index ``t`` is the ``t``-th vector that enters
 decoder layer 0 (an image that becomes 576 embeddings occupies 576 positions).
 
-An adapter must never change the model: it reads modules and configs, and only :mod:`vlm_lens.capture` installs
+An adapter must never change the model: it reads modules and configs, and only :mod:`vlm_lens.tracing.hooks` installs
 (and always removes) hooks.
 """
 
@@ -27,78 +27,12 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..errors import UnsupportedModelError, VlmLensError
+from ..core.errors import UnsupportedModelError, VlmLensError
+from ..core.spans import Span
 
-__all__ = ["Adapter", "Encoded", "GridBlock", "Span", "SEGMENTS"]
-
-#: Segment labels of decoder positions, in the vocabulary used by ``Trace.tokens``.
-SEGMENTS = ("system", "image", "instruction", "response")
+__all__ = ["Adapter", "Encoded", "Prompt", "runs_of", "split_runs"]
 
 _SENTINEL = "\u2063VLMLENS_INSTRUCTION\u2063"
-
-
-@dataclass(frozen=True)
-class GridBlock:
-    """A rectangular block of image tokens laid out row-major.
-
-    Attributes:
-        name: ``"base"`` for the whole image at the encoder's resolution, ``"crops"`` for the high-resolution tiles
-            of anyres families stitched into one grid, ``"crop_<r>_<c>"`` for a tile kept apart (Idefics3),
-            ``"newline"`` for a lone newline token (``rows=1, cols=0, newline=True``: LLaVA-OneVision's multi-image).
-        offset: Index of the block's first token inside its image span.
-        rows: Number of token rows.
-        cols: Number of image tokens per row (not counting a newline token).
-        newline: Whether each row is followed by one extra "newline" token (LLaVA-NeXT's ``image_newline``).
-    """
-
-    name: str
-    offset: int
-    rows: int
-    cols: int
-    newline: bool = False
-
-    @property
-    def length(self) -> int:
-        return self.rows * (self.cols + int(self.newline))
-
-
-@dataclass(frozen=True)
-class Span:
-    """The decoder positions ``[start, stop)`` of one part of a sequence (an image, the instruction, the response).
-
-    Attributes:
-        start: First position.
-        stop: One past the last position.
-        image_index: For image spans, which image of the prompt (0-based) the span holds; None otherwise.
-        grid: ``(rows, cols)`` of the base patch grid when the image tokens (or their first block) are spatial.
-        layout: The blocks an image span is made of, in sequence order except that the block of the whole image
-            comes first (``layout[0]``, the grid patch maps use; Idefics3 places it after its tiles); empty when
-            the tokens are not spatial (e.g. the learned queries of a Q-Former or abstractor) and for text spans.
-    """
-
-    start: int
-    stop: int
-    image_index: int | None = None
-    grid: tuple[int, int] | None = None
-    layout: tuple[GridBlock, ...] = ()
-
-    @property
-    def slice(self) -> slice:
-        return slice(self.start, self.stop)
-
-    def __len__(self) -> int:
-        return self.stop - self.start
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"start": self.start, "stop": self.stop, "image_index": self.image_index,
-                "grid": list(self.grid) if self.grid else None,
-                "layout": [vars(block) for block in self.layout]}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Span":
-        grid = tuple(data["grid"]) if data.get("grid") else None
-        layout = tuple(GridBlock(**block) for block in data.get("layout", ()))
-        return cls(data["start"], data["stop"], data.get("image_index"), grid, layout)
 
 
 @dataclass

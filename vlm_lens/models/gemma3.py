@@ -37,8 +37,9 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..errors import UnsupportedModelError
-from .base import Adapter, GridBlock, Span, runs_of
+from ..core.errors import UnsupportedModelError
+from ..core.spans import GridBlock, Span
+from .base import Adapter, runs_of
 
 __all__ = ["Gemma3Adapter"]
 

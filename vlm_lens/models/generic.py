@@ -31,8 +31,9 @@ from typing import Any, Mapping, Sequence
 
 from torch import nn
 
-from ..errors import UnsupportedModelError
-from .base import Adapter, Span, runs_of
+from ..core.errors import UnsupportedModelError
+from ..core.spans import Span
+from .base import Adapter, runs_of
 
 __all__ = ["GenericAdapter", "missing_from_config"]
 

@@ -42,8 +42,9 @@ from torch import nn
 from transformers import SmolVLMProcessor
 from transformers.processing_utils import ProcessorMixin
 
-from ..errors import UnsupportedModelError
-from .base import Adapter, GridBlock, Span, runs_of
+from ..core.errors import UnsupportedModelError
+from ..core.spans import GridBlock, Span
+from .base import Adapter, runs_of
 
 __all__ = ["Idefics3Adapter", "SmolVLMImageTextProcessor"]
 

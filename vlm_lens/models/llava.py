@@ -27,10 +27,23 @@ from typing import Any
 import torch
 from PIL import Image
 
-from ..errors import UnsupportedModelError
-from .base import Adapter, GridBlock, Span, split_runs
+from ..core.errors import UnsupportedModelError
+from ..core.spans import GridBlock, Span
+from .base import Adapter, split_runs
 
-__all__ = ["LlavaAdapter", "LlavaNextAdapter"]
+__all__ = ["CHAT_TEMPLATE", "LlavaAdapter", "LlavaNextAdapter"]
+
+#: LLaVA-1.5's conversation format: ``USER: <image>\\n{prompt} ASSISTANT:``.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: "
+    "{% for c in message['content'] %}{% if c['type'] == 'image' %}<image>\n{% endif %}{% endfor %}"
+    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %} "
+    "{% elif message['role'] == 'assistant' %}ASSISTANT: "
+    "{% for c in message['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}</s>"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
 
 
 class LlavaAdapter(Adapter):
@@ -80,7 +93,10 @@ class LlavaNextAdapter(LlavaAdapter):
     def image_layout(self, model_inputs: dict[str, Any], image: int) -> tuple[GridBlock, ...]:
         """Base grid, then the crops stitched into one grid, unpadded to the image's aspect ratio, with a newline
         token after each row (the layout of LLaVA-NeXT's ``pack_image_features``)."""
-        from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape, unpad_image
+        from transformers.models.llava_next.modeling_llava_next import (
+            get_anyres_image_grid_shape,
+            unpad_image,
+        )
 
         config = self.model.config
         side = config.vision_config.image_size // self._patch

@@ -41,8 +41,9 @@ from PIL import Image
 from torch import nn
 from transformers import LlavaOnevisionProcessor
 
-from ..errors import UnsupportedModelError
-from .base import GridBlock, Span, split_runs
+from ..core.errors import UnsupportedModelError
+from ..core.spans import GridBlock, Span
+from .base import split_runs
 from .llava import LlavaAdapter
 
 __all__ = ["LlavaOnevisionAdapter", "LlavaOnevisionImageTextProcessor"]

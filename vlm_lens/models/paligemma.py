@@ -39,8 +39,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ..errors import UnsupportedModelError, VlmLensError
-from .base import Adapter, Encoded, GridBlock, Prompt, Span, split_runs
+from ..core.errors import UnsupportedModelError, VlmLensError
+from ..core.spans import GridBlock, Span
+from .base import Adapter, Encoded, Prompt, split_runs
 
 __all__ = ["PaliGemmaAdapter"]
 

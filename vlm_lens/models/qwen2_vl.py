@@ -40,8 +40,9 @@ from PIL import Image
 from torch import nn
 from transformers import Qwen2_5_VLProcessor, Qwen2VLProcessor
 
-from ..errors import UnsupportedModelError
-from .base import Adapter, GridBlock, Prompt, Span, split_runs
+from ..core.errors import UnsupportedModelError
+from ..core.spans import GridBlock, Span
+from .base import Adapter, Prompt, split_runs
 
 __all__ = ["Qwen2VLAdapter", "Qwen2VLImageTextProcessor", "Qwen2_5_VLImageTextProcessor"]
 

@@ -27,7 +27,7 @@ And of a dataset run's attention analysis (means over samples; a RunResult, its 
 
 Example:
     >>> import tempfile, numpy as np, vlm_lens as vl
-    >>> from vlm_lens.tiny import tiny_llava
+    >>> from vlm_lens.testing import tiny_llava
     >>> from vlm_lens.plot import latent_output, save
     >>> m = vl.load(tiny_llava(tempfile.mkdtemp(), layers=2))
     >>> t = vl.trace(m, np.zeros((32, 32, 3), np.uint8), "rate the quality of this image", generate=2)
@@ -36,15 +36,27 @@ Example:
     'latent_output'
 """
 
-from ._style import save
 from .accessor import TracePlots
-from .attention import attention, attention_mass, draw_attention, draw_attention_mass, draw_patch_grids, patch_overlay
-from .compare import compare
+from .attention import (
+           attention,
+           attention_mass,
+           draw_attention,
+           draw_attention_mass,
+           draw_patch_grids,
+           patch_overlay,
+)
 from .latent import draw_grid, latent_output
-from .runs import compare_runs, run_attention_mass, run_image_profile, run_patch_grid
-from .topk import LEVELS, draw_target_words, draw_topk, target_words, topk
+from .pairs import compare
+from .run_figures import (
+           compare_runs,
+           run_attention_mass,
+           run_image_profile,
+           run_patch_grid,
+)
+from .style import save
+from .topk import draw_target_words, draw_topk, target_words, topk
 
-__all__ = ["LEVELS", "TracePlots", "attention", "attention_mass", "compare", "compare_runs", "draw_attention",
+__all__ = ["TracePlots", "attention", "attention_mass", "compare", "compare_runs", "draw_attention",
            "draw_attention_mass", "draw_grid", "draw_patch_grids", "draw_target_words", "draw_topk", "latent_output",
            "patch_overlay", "run_attention_mass", "run_image_profile", "run_patch_grid", "save", "target_words",
            "topk"]

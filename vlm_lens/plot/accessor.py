@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from ..trace_result import Trace
+    from ..tracing.record import Trace
 
 __all__ = ["TracePlots"]
 
@@ -40,7 +40,8 @@ class TracePlots:
 
     def target_words(self, words=None, position: int | None = None, **kwargs: Any) -> "Figure":
         """:func:`vlm_lens.plot.target_words` of this trace (default words: the five IQA levels)."""
-        from .topk import LEVELS, target_words
+        from ..biqa.vocabulary import LEVELS
+        from .topk import target_words
 
         return target_words(self._trace, LEVELS if words is None else words, position, **kwargs)
 
@@ -63,8 +64,8 @@ class TracePlots:
         return patch_overlay(self._trace, query, **kwargs)
 
     def compare(self, other: "Trace", figure: str = "latent_output", **kwargs: Any) -> "Figure":
-        """:func:`vlm_lens.plot.compare` of this trace (first) and ``other`` (second)."""
-        from .compare import compare
+        """:func:`vlm_lens.plot.pairs` of this trace (first) and ``other`` (second)."""
+        from .pairs import compare
 
         return compare(self._trace, other, figure, **kwargs)
 

@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import pandas as pd
 
-from . import _data
-from ._style import SEGMENT_COLORS, new_figure, save, style, thin_ticks, token_label
+from . import trace_data
+from .style import SEGMENT_COLORS, new_figure, save, style, thin_ticks, token_label
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
-    from ..trace_result import Trace
+    from ..tracing.record import Trace
 
 __all__ = ["attention", "attention_mass", "draw_attention", "draw_attention_mass", "draw_patch_grids",
            "patch_overlay"]
@@ -60,10 +60,10 @@ def attention(trace: "Trace", query: int | None = None, *, heads: str | int | Se
     Example:
         >>> fig = attention(t, query=-1, heads=[0, 1], image_tokens="band")             # doctest: +SKIP
     """
-    matrix, numbers, position = _data.attention_matrix(trace, query, heads, layers)
+    matrix, numbers, position = trace_data.attention_matrix(trace, query, heads, layers)
     texts, segments = trace.tokens["text"].tolist(), trace.tokens["segment"].tolist()
-    columns = _data.build_columns(trace, list(range(position + 1)), image_tokens)
-    columns, note = _data.bin_columns(columns, max_columns)
+    columns = trace_data.build_columns(trace, list(range(position + 1)), image_tokens)
+    columns, note = trace_data.bin_columns(columns, max_columns)
     values = column_values(matrix, columns)
     with style():
         fig = new_figure(2.2 + 0.22 * sum(c.width for c in columns), 1.9 + 0.24 * len(numbers))
@@ -79,7 +79,7 @@ def attention(trace: "Trace", query: int | None = None, *, heads: str | int | Se
     return fig
 
 
-def column_values(matrix: np.ndarray, columns: Sequence["_data.Column"]) -> np.ndarray:
+def column_values(matrix: np.ndarray, columns: Sequence["trace_data.Column"]) -> np.ndarray:
     """``[layer, column]``: attention summed over the keys of each column (a column's attention mass)."""
     return np.stack([matrix[:, list(c.positions)].sum(axis=1) for c in columns], axis=1)
 
@@ -87,7 +87,7 @@ def column_values(matrix: np.ndarray, columns: Sequence["_data.Column"]) -> np.n
 def norm_for(scale: str, vmax: float, vmin: float = 0.0) -> "Normalize":
     from matplotlib.colors import LogNorm, Normalize, PowerNorm
 
-    from ..errors import VlmLensError
+    from ..core.errors import VlmLensError
 
     vmax = vmax if vmax > vmin else vmin + 1e-6
     if scale == "linear":
@@ -99,7 +99,7 @@ def norm_for(scale: str, vmax: float, vmin: float = 0.0) -> "Normalize":
     raise VlmLensError(f"scale={scale!r}: expected 'linear', 'sqrt' or 'log'.")
 
 
-def draw_attention(ax: "Axes", values: np.ndarray, columns: Sequence["_data.Column"], layers: Sequence[int], *,
+def draw_attention(ax: "Axes", values: np.ndarray, columns: Sequence["trace_data.Column"], layers: Sequence[int], *,
                    norm: "Normalize", cmap: str = "magma_r", segment_axis: bool = True):
     """Draw ``[layer, column]`` attention on ``ax`` with the key tokens as x ticks, a line at each segment change
     and the segment names on a top axis. Returns the mesh (for a colour bar)."""
@@ -107,7 +107,7 @@ def draw_attention(ax: "Axes", values: np.ndarray, columns: Sequence["_data.Colu
     x = np.concatenate([[0.0], np.cumsum(widths)])
     y = np.arange(len(layers) + 1) - 0.5
     mesh = ax.pcolormesh(x, y, values, cmap=cmap, norm=norm, edgecolors="face", linewidth=0)
-    ticks, labels, segments = _data.column_ticks(columns, x)
+    ticks, labels, segments = trace_data.column_ticks(columns, x)
     keep = thin_ticks(len(ticks), 70)
     ax.set_xticks([ticks[i] for i in keep], [labels[i] for i in keep], rotation=60, ha="right",
                   rotation_mode="anchor")
@@ -127,7 +127,7 @@ def draw_attention(ax: "Axes", values: np.ndarray, columns: Sequence["_data.Colu
     return mesh
 
 
-def _segment_names(ax: "Axes", x: np.ndarray, columns: Sequence["_data.Column"], starts: list[int]) -> None:
+def _segment_names(ax: "Axes", x: np.ndarray, columns: Sequence["trace_data.Column"], starts: list[int]) -> None:
     """Segment names above the axes, centred on each segment; a name wider than its segment alternates with its
     neighbours between two rows so that none overlap. Each text has ``gid="segment:<name>"``."""
     from matplotlib.transforms import blended_transform_factory, offset_copy
@@ -156,8 +156,8 @@ def attention_mass(trace: "Trace", query: int | None = None, *, heads: str | int
     Example:
         >>> fig = attention_mass(t, query=-1)                                    # doctest: +SKIP
     """
-    matrix, numbers, position = _data.attention_matrix(trace, query, heads, layers)
-    table = _data.segment_mass(matrix, trace.tokens["segment"].tolist(), numbers)
+    matrix, numbers, position = trace_data.attention_matrix(trace, query, heads, layers)
+    table = trace_data.segment_mass(matrix, trace.tokens["segment"].tolist(), numbers)
     with style():
         fig = new_figure(5.2, 3.2)
         ax = fig.add_subplot()
@@ -243,13 +243,13 @@ def patch_overlay(trace: "Trace", query: int | None = None, *, value: str = "att
 def patch_data(trace: "Trace", query: int | None = None, *, value: str = "attention", layer: int = -1,
                heads="mean", target=None, image_index: int = 0) -> tuple[list[tuple[str, np.ndarray]], str]:
     """The ``[(block, [rows, cols])]`` grids and a title that :func:`patch_overlay` draws."""
-    from ..errors import VlmLensError
+    from ..core.errors import VlmLensError
 
     n = len(trace.tokens)
     if value == "attention":
         numbers = [l + 1 for l in trace.attention_layers] if trace.attention is not None else []
         chosen = numbers[layer] if numbers and -len(numbers) <= layer < 0 else layer
-        matrix, _, position = _data.attention_matrix(trace, query, heads, [chosen])
+        matrix, _, position = trace_data.attention_matrix(trace, query, heads, [chosen])
         row = np.zeros(n)
         row[: matrix.shape[1]] = matrix[0]
         title = f"attention of position {position}, layer {chosen}"
@@ -270,7 +270,7 @@ def patch_data(trace: "Trace", query: int | None = None, *, value: str = "attent
         title = f"logit lens {what} of each image token, layer {chosen}"
     else:
         raise VlmLensError(f"value={value!r}: expected 'attention' or 'lens'.")
-    return _data.patch_grids(trace, row, image_index), title
+    return trace_data.patch_grids(trace, row, image_index), title
 
 
 def draw_patch_grids(axes: Sequence["Axes"], grids: Sequence[tuple[str, np.ndarray]], picture: Any, *,
@@ -294,7 +294,7 @@ def draw_patch_grids(axes: Sequence["Axes"], grids: Sequence[tuple[str, np.ndarr
 
 
 def _picture(trace: "Trace", image: Any, index: int):
-    from ..images import load_image
+    from ..core.images import load_image
 
     if image is not None:
         return load_image(image)

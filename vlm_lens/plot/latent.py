@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from . import _data
-from ._style import SEGMENT_COLORS, new_figure, save, style, thin_ticks
+from . import trace_data
+from .style import SEGMENT_COLORS, new_figure, save, style, thin_ticks
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
-    from ..trace_result import Trace
+    from ..tracing.record import Trace
 
 __all__ = ["draw_grid", "latent_output"]
 
@@ -75,18 +75,18 @@ def latent_output(trace: "Trace", *, positions: Sequence[int] | str | None = Non
 
 
 def latent_data(trace: "Trace", *, positions=None, context: int = 4, layers=None, color="top1",
-                image_tokens: str = "collapse", max_columns: int = 40) -> "_data.Grid":
-    """The :class:`~vlm_lens.plot._data.Grid` :func:`latent_output` draws (for comparisons and custom figures)."""
-    chosen = _data.select_positions(trace, positions, context)
-    columns, note = _data.window(_data.build_columns(trace, chosen, image_tokens), max_columns)
-    grid = _data.latent_grid(trace, chosen, columns, _data.lens_layers(trace, layers), color)
+                image_tokens: str = "collapse", max_columns: int = 40) -> "trace_data.Grid":
+    """The :class:`~vlm_lens.plot.trace_data.Grid` :func:`latent_output` draws (for comparisons and custom figures)."""
+    chosen = trace_data.select_positions(trace, positions, context)
+    columns, note = trace_data.window(trace_data.build_columns(trace, chosen, image_tokens), max_columns)
+    grid = trace_data.latent_grid(trace, chosen, columns, trace_data.lens_layers(trace, layers), color)
     grid.note = note
     return grid
 
 
-def draw_grid(ax: "Axes", grid: "_data.Grid", *, norm: "Normalize", cmap: str = "viridis", max_label: int = 8,
+def draw_grid(ax: "Axes", grid: "trace_data.Grid", *, norm: "Normalize", cmap: str = "viridis", max_label: int = 8,
               xlabel: str = "position", ylabel: str = "layer (0 = decoder input)"):
-    """Draw a layers x columns :class:`~vlm_lens.plot._data.Grid` on ``ax``: variable-width columns, cell texts
+    """Draw a layers x columns :class:`~vlm_lens.plot.trace_data.Grid` on ``ax``: variable-width columns, cell texts
     where they fit, x tick labels coloured by segment, thin separators at segment changes. Returns the mesh."""
     widths = np.array([c.width for c in grid.columns])
     x = np.concatenate([[0.0], np.cumsum(widths)])
@@ -107,7 +107,7 @@ def draw_grid(ax: "Axes", grid: "_data.Grid", *, norm: "Normalize", cmap: str = 
                     ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
                     ax.text(centers[j], i, word[:max_label] if len(word) <= max_label else word[: max_label - 1] + "…",
                             ha="center", va="center", fontsize=size, color=ink)
-    ticks, labels, segments = _data.column_ticks(grid.columns, x)
+    ticks, labels, segments = trace_data.column_ticks(grid.columns, x)
     keep = thin_ticks(len(ticks), 60)
     ax.set_xticks([ticks[i] for i in keep], [labels[i] for i in keep], rotation=60, ha="right",
                   rotation_mode="anchor")
@@ -124,7 +124,7 @@ def draw_grid(ax: "Axes", grid: "_data.Grid", *, norm: "Normalize", cmap: str = 
     return mesh
 
 
-def _figure_for(grid: "_data.Grid", panels: int, extra_height: float = 0.0) -> "Figure":
+def _figure_for(grid: "trace_data.Grid", panels: int, extra_height: float = 0.0) -> "Figure":
     width = sum(c.width for c in grid.columns)
     return new_figure(1.8 + (0.5 * width + 1.2) * panels, 1.9 + 0.26 * len(grid.layers) + extra_height)
 

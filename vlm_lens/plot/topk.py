@@ -18,19 +18,19 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 import pandas as pd
 
-from . import _data
-from ._style import HIGHLIGHT, new_figure, save, style, thin_ticks, token_label
+from ..biqa.vocabulary import LEVELS
+from . import trace_data
+from .style import HIGHLIGHT, new_figure, save, style, thin_ticks, token_label
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from ..trace_result import Trace
+    from ..tracing.record import Trace
 
 __all__ = ["LEVELS", "draw_target_words", "draw_topk", "target_words", "topk"]
 
 #: The five rating levels of the IQA literature (Q-Bench, Q-Instruct, Q-Align).
-LEVELS = ["excellent", "good", "fair", "poor", "bad"]
 
 
 def topk(trace: "Trace", position: int | None = None, *, k: int = 5, layers: Sequence[int] | None = None,
@@ -53,9 +53,9 @@ def topk(trace: "Trace", position: int | None = None, *, k: int = 5, layers: Seq
     Example:
         >>> fig = topk(t, k=4, layer_range=(20, 32))                             # doctest: +SKIP
     """
-    position = _data.default_position(trace) if position is None else _data.resolve(trace, position)
-    chosen = _data.lens_layers(trace, layers, layer_range, most=max_layers)
-    table, final_id, final = _data.topk_table(trace, position, k, chosen)
+    position = trace_data.default_position(trace) if position is None else trace_data.resolve(trace, position)
+    chosen = trace_data.lens_layers(trace, layers, layer_range, most=max_layers)
+    table, final_id, final = trace_data.topk_table(trace, position, k, chosen)
     given = trace.tokens["text"].iloc[position]
     with style():
         fig = new_figure(1.2 + 1.45 * k, 1.3 + 0.27 * len(chosen))
@@ -118,8 +118,8 @@ def target_words(trace: "Trace", words: Sequence[str | int] = tuple(LEVELS), pos
     Example:
         >>> fig = target_words(t, ["good", "poor"], value="rank")                 # doctest: +SKIP
     """
-    position = _data.default_position(trace) if position is None else _data.resolve(trace, position)
-    table = _data.targets_table(trace, words, position, _data.lens_layers(trace, layers))
+    position = trace_data.default_position(trace) if position is None else trace_data.resolve(trace, position)
+    table = trace_data.targets_table(trace, words, position, trace_data.lens_layers(trace, layers))
     with style():
         fig = new_figure(5.2, 3.2)
         ax = fig.add_subplot()
@@ -135,7 +135,7 @@ def draw_target_words(ax: "Axes", table: pd.DataFrame, *, value: str = "prob", l
     """Draw a ``layer, target, prob, rank`` table as one line per target (seaborn's colour-blind palette)."""
     import seaborn as sns
 
-    from ..errors import VlmLensError
+    from ..core.errors import VlmLensError
 
     if value not in ("prob", "rank"):
         raise VlmLensError(f"value={value!r}: expected 'prob' or 'rank'.")

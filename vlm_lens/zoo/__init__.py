@@ -25,12 +25,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import VlmLensError
-from .grammar import LEVELS, PROMPTS, describe, level_of, parse
+from ..core.errors import VlmLensError
+from .grammar import LEVELS_WORST_FIRST, PROMPTS, describe, level_of, parse
 from .synthetic import TYPES, Synthetic, mos, synthetic
 
-__all__ = ["CHECKPOINTS", "LEVELS", "PROMPTS", "TYPES", "Synthetic", "checkpoint_path", "describe", "level_of",
-           "mos", "parse", "synthetic"]
+__all__ = ["CHECKPOINTS", "LEVELS_WORST_FIRST", "PROMPTS", "TYPES", "Synthetic", "checkpoint_path", "describe",
+           "level_of", "mos", "parse", "synthetic"]
 
 _ROOT = Path(__file__).parent / "checkpoints"
 

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..errors import VlmLensError
+from ..core.errors import VlmLensError
 from .grammar import PROMPTS, QUALITY_SENTENCE
 from .schedule import cosine_lr
 

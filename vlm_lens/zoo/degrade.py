@@ -38,7 +38,7 @@ from typing import Mapping
 import numpy as np
 from PIL import Image
 
-from ..errors import VlmLensError
+from ..core.errors import VlmLensError
 from .scenes import luminance
 
 __all__ = ["DEGRADATIONS", "degrade", "parameter"]

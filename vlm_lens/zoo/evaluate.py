@@ -1,15 +1,16 @@
 """``python -m vlm_lens.zoo.evaluate``: the measurements the zoo checkpoints are shipped with, on held-out images.
 
 For each model, on ``n`` synthetic images of a seed never trained on (default: 500 images of seed 1), through the
-public API only (``vl.load``, ``vl.trace_batch`` with ``generate=``, ``Trace.lens_targets``, ``Trace.attention``,
-``Trace.tokens``):
+public API only (``vl.load``, ``vl.trace`` with ``generate=``, ``Trace.lens_targets``, ``Trace.attention``,
+``Trace.tokens``, and ``vl.run`` with ``vl.analyses.Instability``):
 
 - **quality**: SRCC and PLCC (Pearson, no logistic fit) of the Q-Align score against the ground-truth MOS, and
   the accuracy of the generated level word;
 - **descriptions**: per degradation type, precision and recall of "the description names it", and the accuracy
   of the severity word where it is named correctly;
-- **instability**: ``samples`` answers per image at temperature ``temperature``; the share of images whose level
-  word is not the same in all of them;
+- **instability**: ``samples`` sampled answers per image at temperature ``temperature`` (the whole answer: the
+  description and the level), through :class:`~vlm_lens.biqa.instability.Instability`; the share of images whose
+  level word is not the same in every answer that has one;
 - **attention**: the decision position's attention mass on image / description / other tokens, by layer;
 - **logit lens**: the first layer (hidden-state index) at which the final level word is the lens's top-1.
 
@@ -34,10 +35,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..loading import LensModel
-from ..stats import plcc, srcc
-from ..trace import trace_batch
-from .grammar import LEVELS, PROMPTS, parse, parse_level
+from ..biqa.instability import Instability
+from ..runs import datasets
+from ..runs.engine import run
+from ..runs.stats import plcc, srcc
+from ..tracing import Keep, LensModel, trace
+from .grammar import LEVELS_WORST_FIRST, PROMPTS, parse
 from .measure import MASS_PARTS, Reading, read
 from .synthetic import TYPES, synthetic_arrays
 
@@ -78,28 +81,29 @@ def greedy_readings(model: LensModel, images, *, prompt: str = PROMPTS[0], batch
     """Greedy answers for ``images`` (uint8 array ``[n, H, W, 3]`` or PIL images), read by :func:`.measure.read`."""
     pictures = _pil(images)
     readings = []
-    layers = None if lens else [model.adapter.n_layers]
+    keep = Keep(layers=None if lens else [model.adapter.n_layers], attention=attention)
     for start in range(0, len(pictures), batch):
         chunk = pictures[start:start + batch]
-        traces = trace_batch(model, chunk, [prompt] * len(chunk), generate=NEW_TOKENS, attention=attention,
-                             layers=layers)
+        traces = trace(model, chunk, [prompt] * len(chunk), generate=NEW_TOKENS, keep=keep)
         readings.extend(read(t, lens=lens) for t in traces)
     return readings
 
 
 def sampled_levels(model: LensModel, images, *, samples: int = 10, temperature: float = 0.7,
-                   prompt: str = PROMPTS[0], batch: int = 50) -> np.ndarray:
-    """``[n, samples]`` level words of sampled answers (None where an answer has no level word)."""
-    pictures = _pil(images)
-    out = np.empty((len(pictures), samples), dtype=object)
-    last = [model.adapter.n_layers]
-    for k in range(samples):
-        for c, start in enumerate(range(0, len(pictures), batch)):
-            chunk = pictures[start:start + batch]
-            traces = trace_batch(model, chunk, [prompt] * len(chunk), generate=NEW_TOKENS, do_sample=True,
-                                 temperature=temperature, seed=1000 * k + c, attention=False, layers=last)
-            out[start:start + len(chunk), k] = [parse_level(t.answer) for t in traces]
-    return out
+                   prompt: str = PROMPTS[0], batch: int = 50, seed: int = 0) -> pd.DataFrame:
+    """The instability analysis over ``samples`` sampled answers per image (whole answers: no prefilled prefix).
+
+    Returns:
+        The ``instability.repeats`` table of the run (``index, id, repeat, seed, ..., level, answer``) with the
+        run's ``instability.summary`` in ``.attrs["summary"]``.
+    """
+    dataset = datasets.from_images(_pil(images), name="zoo-evaluation")
+    analysis = Instability(samples, temperature=temperature, seed=seed, prompt=prompt, prefill=False,
+                           generate=NEW_TOKENS)
+    result = run(model, dataset, [analysis], batch_size=batch, progress=False)
+    repeats = result["instability.repeats"]
+    repeats.attrs["summary"] = result["instability.summary"]
+    return repeats
 
 
 def answer_metrics(readings: Sequence[Reading], labels: pd.DataFrame) -> dict:
@@ -142,11 +146,11 @@ def evaluate(model: LensModel, *, n: int = 500, seed: int = 1, samples: int = 10
     metrics["seconds_greedy"] = time.perf_counter() - t
     if samples:
         t = time.perf_counter()
-        levels = sampled_levels(model, images, samples=samples, temperature=temperature, batch=batch)
-        changed = np.array([len(set(row)) > 1 for row in levels])
+        repeats = sampled_levels(model, images, samples=samples, temperature=temperature, batch=batch)
         greedy = np.array([r.level for r in readings], dtype=object)
-        metrics["instability"] = float(changed.mean())
-        metrics["sample_disagreement"] = float(np.mean(levels != greedy[:, None]))
+        metrics["instability"] = float(repeats.attrs["summary"]["pct_changed"].iloc[0]) / 100.0
+        metrics["sample_disagreement"] = float(np.mean(repeats["level"].to_numpy(object)
+                                                       != greedy[repeats["index"].to_numpy()]))
         metrics["samples"], metrics["temperature"] = samples, temperature
         metrics["seconds_sampling"] = time.perf_counter() - t
     masses = np.stack([r.attention for r in readings if r.attention is not None])  # [image, layer, part]
@@ -170,7 +174,7 @@ def evaluate(model: LensModel, *, n: int = 500, seed: int = 1, samples: int = 10
     per_image["generated_level"] = [r.level for r in readings]
     per_image["generated_description"] = [r.description for r in readings]
     per_image["lens_first_top1"] = [r.lens_first_top1 for r in readings]
-    for k, level in enumerate(LEVELS):
+    for k, level in enumerate(LEVELS_WORST_FIRST):
         per_image[f"p_{level}"] = [r.level_probs[k] for r in readings]
     return Evaluation(name or model.name, metrics, attention, lens, per_image)
 
@@ -191,7 +195,8 @@ def write_report(evaluations: Sequence[Evaluation], out: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    import vlm_lens as vl
+    from ..tracing import load
+    from . import extensions  # noqa: F401 - registers zoo:NAME as a model name
 
     parser = argparse.ArgumentParser(prog="python -m vlm_lens.zoo.evaluate", description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=["zoo:tiny-biqa-one-stage", "zoo:tiny-biqa-two-stage"])
@@ -205,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     evaluations = []
     for name in args.models:
-        ev = evaluate(vl.load(name), n=args.n, seed=args.seed, samples=args.samples, temperature=args.temperature,
+        ev = evaluate(load(name), n=args.n, seed=args.seed, samples=args.samples, temperature=args.temperature,
                       name=name)
         print(f"{name}: " + json.dumps({k: v for k, v in ev.metrics.items() if k != "types"}, default=float))
         evaluations.append(ev)

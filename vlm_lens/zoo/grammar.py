@@ -28,21 +28,23 @@ from __future__ import annotations
 import re
 from typing import Mapping
 
-from ..errors import VlmLensError
+from ..biqa.vocabulary import ANSWER_PREFIX, LEVELS, QALIGN_PROMPT, WEIGHTS
+from ..core.errors import VlmLensError
+from .tokenizer import BASIC_WORDS, SPECIAL_TOKENS
 
-__all__ = ["LEVELS", "LEVEL_WEIGHTS", "PROMPTS", "QUALITY_SENTENCE", "SEVERITY_WORDS", "VOCABULARY",
+__all__ = ["LEVELS_WORST_FIRST", "LEVEL_WEIGHTS", "PROMPTS", "QUALITY_SENTENCE", "SEVERITY_WORDS", "VOCABULARY",
            "answer", "describe", "level_of", "parse", "parse_level", "severity_word"]
 
-#: The quality levels, worst first; Q-Align weights them 1..5.
-LEVELS = ("bad", "poor", "fair", "good", "excellent")
+#: The quality levels (:data:`~vlm_lens.biqa.vocabulary.LEVELS`), worst first: the order of the MOS bins.
+LEVELS_WORST_FIRST = tuple(reversed(LEVELS))
 #: Level word -> weight of the Q-Align score.
-LEVEL_WEIGHTS = {word: float(i + 1) for i, word in enumerate(LEVELS)}
+LEVEL_WEIGHTS = dict(zip(LEVELS, WEIGHTS))
 #: Lower edges of poor, fair, good, excellent on the MOS scale (five equal bins of [1, 5]).
 LEVEL_EDGES = (1.8, 2.6, 3.4, 4.2)
 #: Severity words by thirds of the severity.
 SEVERITY_WORDS = ("slight", "moderate", "heavy")
 
-QUALITY_SENTENCE = "The quality of the image is {level}."
+QUALITY_SENTENCE = f"{ANSWER_PREFIX} {{level}}."
 CLEAN = "The image is clear, with no visible distortions."
 
 #: Degradation -> (kind, phrase per severity word). Adjectives follow "The image is", nouns follow "with".
@@ -59,29 +61,24 @@ PHRASES = {
 
 #: The questions the zoo models are trained with (one is drawn per training sample); the first is the default.
 PROMPTS = (
-    "How would you rate the quality of this image?",
+    QALIGN_PROMPT,
     "Describe the quality of this image.",
     "What do you think about the quality of this image?",
     "Rate the quality of the picture.",
     "Can you evaluate the quality of this photo?",
 )
 
-_SPECIAL = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
-
-
 def _words(text: str) -> list[str]:
     return re.findall(r"[a-z]+|[^\sa-z]", text.lower())
 
 
 def _vocabulary() -> list[str]:
-    from ..tiny import VOCABULARY as TINY
-
-    texts = ["user assistant :", CLEAN, QUALITY_SENTENCE.format(level=" ".join(LEVELS)), " , and with"]
+    texts = ["user assistant :", CLEAN, QUALITY_SENTENCE.format(level=" ".join(LEVELS_WORST_FIRST)), " , and with"]
     texts += list(PROMPTS) + [p for _, phrases in PHRASES.values() for p in phrases]
-    seen: dict[str, None] = dict.fromkeys(_SPECIAL)
+    seen: dict[str, None] = dict.fromkeys(SPECIAL_TOKENS)
     for text in texts:
         seen.update(dict.fromkeys(_words(text)))
-    seen.update(dict.fromkeys(TINY[len(_SPECIAL):]))  # general words, so that other questions mostly tokenize
+    seen.update(dict.fromkeys(BASIC_WORDS))  # general words, so that other questions mostly tokenize
     return list(seen)
 
 
@@ -125,7 +122,7 @@ def level_of(mos: float) -> str:
     """The level word of a MOS on [1, 5]: equal bins of width 0.8, ``[1, 1.8)`` bad ... ``[4.2, 5]`` excellent."""
     if not 1.0 <= mos <= 5.0:
         raise VlmLensError(f"mos={mos}: expected a value in [1, 5].")
-    return LEVELS[sum(mos >= edge for edge in LEVEL_EDGES)]
+    return LEVELS_WORST_FIRST[sum(mos >= edge for edge in LEVEL_EDGES)]
 
 
 def parse(text: str) -> dict[str, str]:

@@ -29,10 +29,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..answer import locate
-from ..iqa import quality as iqa_quality
-from ..trace_result import Trace
-from .grammar import LEVEL_WEIGHTS, LEVELS, QUALITY_SENTENCE, parse
+from ..biqa.answer import locate
+from ..biqa.quality import quality as iqa_quality
+from ..biqa.vocabulary import ANSWER_PREFIX
+from ..tracing.record import Trace
+from .grammar import LEVEL_WEIGHTS, LEVELS_WORST_FIRST, parse
 
 __all__ = ["MASS_PARTS", "Reading", "read"]
 
@@ -50,7 +51,7 @@ class Reading:
         degradations: Degradation -> severity word named by the description (:func:`.grammar.parse`).
         level: The generated level word, or None when the answer holds none.
         score: Q-Align score in [1, 5] at the decision position (NaN without a level word).
-        level_probs: Probability of each of :data:`.grammar.LEVELS` among the five (NaN without a level word).
+        level_probs: Probability of each of :data:`.grammar.LEVELS_WORST_FIRST` among the five (NaN without a level word).
         attention: ``[layer, 3]`` attention mass of the decision position on :data:`MASS_PARTS` (mean over
             heads), or None.
         lens_first_top1: First hidden-state index where the level word is the lens's top-1, or None.
@@ -75,15 +76,17 @@ class Reading:
 def read(trace: Trace, *, lens: bool = True) -> Reading:
     """Read one traced answer (see the module docstring for what is measured where)."""
     answer = trace.answer
-    layout = locate(trace, LEVELS, QUALITY_SENTENCE.split("{level}")[0].strip())
+    layout = locate(trace, LEVELS_WORST_FIRST, ANSWER_PREFIX)
     if not layout.has_level:
-        return Reading(answer, answer, parse(answer), None, math.nan, np.full(len(LEVELS), np.nan), None, None, None)
-    quality = iqa_quality(trace, LEVELS, [LEVEL_WEIGHTS[w] for w in LEVELS], layout=layout).iloc[0]
+        return Reading(answer, answer, parse(answer), None, math.nan, np.full(len(LEVELS_WORST_FIRST), np.nan), None,
+                       None, None)
+    quality = iqa_quality(trace, LEVELS_WORST_FIRST, [LEVEL_WEIGHTS[w] for w in LEVELS_WORST_FIRST],
+                          layout=layout).iloc[0]
     level_pos, decision = layout.level_pos, layout.predict_pos
     sentence_start = layout.answer.start if layout.answer is not None else level_pos
     texts = [t.strip().lower() for t in trace.tokens["text"]]
     description = " ".join(texts[trace.prompt_length:sentence_start])
-    probs = np.array([quality[f"p_{w}"] for w in LEVELS], dtype=np.float64)
+    probs = np.array([quality[f"p_{w}"] for w in LEVELS_WORST_FIRST], dtype=np.float64)
     score = float(quality["score"])
     row = trace.query_positions.tolist().index(decision)  # quality() has checked it is a query position
     attention = None

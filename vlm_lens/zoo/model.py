@@ -23,7 +23,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import torch
 
+from ..models.llava import CHAT_TEMPLATE
 from .grammar import VOCABULARY
+from .tokenizer import SPECIAL_TOKENS, word_tokenizer
 
 __all__ = ["Architecture", "IMAGE_MEAN", "IMAGE_STD", "build", "pixel_values", "tokenizer"]
 
@@ -57,9 +59,7 @@ class Architecture:
 
 def tokenizer():
     """The zoo's word-level tokenizer (:data:`.grammar.VOCABULARY`; ``<image>`` = 4, ``<pad>`` = 3)."""
-    from ..tiny import word_tokenizer
-
-    return word_tokenizer(VOCABULARY[5:])
+    return word_tokenizer(VOCABULARY[len(SPECIAL_TOKENS):])
 
 
 def build(arch: Architecture = Architecture(), seed: int = 0):
@@ -69,8 +69,6 @@ def build(arch: Architecture = Architecture(), seed: int = 0):
         ``(LlavaForConditionalGeneration, LlavaProcessor)``; the model is in train mode, float32.
     """
     import transformers as tf
-
-    from ..tiny import CHAT_TEMPLATE
 
     tok = tokenizer()
     vision = tf.CLIPVisionConfig(hidden_size=arch.vision_hidden, intermediate_size=4 * arch.vision_hidden,

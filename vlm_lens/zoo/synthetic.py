@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from ..errors import VlmLensError
+from ..core.errors import VlmLensError
 from .degrade import degrade
 from .grammar import answer, describe, level_of
 from .scenes import scene

@@ -146,11 +146,10 @@ def _load() -> list[float] | None:
 
 def validate(path: Path, images: np.ndarray, labels, batch: int = 50) -> dict:
     """SRCC / PLCC of the Q-Align score and per-type description F1 on the validation images (greedy answers)."""
+    from ..tracing import load
     from .evaluate import answer_metrics, greedy_readings
 
-    import vlm_lens as vl
-
-    model = vl.load(str(path))
+    model = load(str(path))
     readings = greedy_readings(model, images, batch=batch, attention=False, lens=False)
     return answer_metrics(readings, labels)
 

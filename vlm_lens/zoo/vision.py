@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..stats import srcc
+from ..runs.stats import srcc
 from .model import pixel_values
 from .schedule import cosine_lr
 from .synthetic import TYPES, mos

@@ -30,12 +30,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from ...errors import UnsupportedModelError, VlmLensError
-from ..base import Adapter, Encoded, Prompt, Span, runs_of
+from ...core.errors import UnsupportedModelError, VlmLensError
+from ...core.spans import Span
+from ..base import Adapter, Encoded, Prompt, runs_of
 from .configuration import IMAGE_TOKEN_INDEX
 from .modeling import MPLUGOwl2ForCausalLM
 from .processing import IMAGE_PLACEHOLDER, MPLUGOwl2Processor
-from .prompts import prompt_format
+from .prompts import PromptFormat, prompt_format
 from .weights import load_model
 
 __all__ = ["MPLUGOwl2Adapter"]
@@ -105,8 +106,9 @@ class MPLUGOwl2Adapter(Adapter):
 
     # -------------------------------------------------------------------------------------------------- inputs
     def format_prompt(self, prompt: str, n_images: int, *, system: str | None = None, template: bool = True,
-                      style: str | None = None) -> Prompt:
-        """Render ``prompt`` in the named format ``style`` (default :attr:`prompt_format`).
+                      style: str | PromptFormat | None = None) -> Prompt:
+        """Render ``prompt`` in the format ``style``: a name, a :class:`~.prompts.PromptFormat`, or None for
+        :attr:`prompt_format`.
 
         The images go where the format puts them, unless the prompt holds ``<|image|>`` once per image. The family
         has no system prompt; ``template=False`` uses the prompt verbatim (it must hold the placeholders).
@@ -120,7 +122,7 @@ class MPLUGOwl2Adapter(Adapter):
                                "prompt; write it into the prompt with template=False if you need one.")
         if not template:
             return Prompt(prompt, _question_spans(prompt, 0))
-        fmt = prompt_format(style or self._prompt_format)
+        fmt = style if isinstance(style, PromptFormat) else prompt_format(style or self._prompt_format)
         question = prompt if prompt.strip() or fmt.default_question is None else fmt.default_question
         if count:
             rendered = fmt.inline_template.format(question=_SENTINEL)

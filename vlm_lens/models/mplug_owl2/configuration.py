@@ -38,7 +38,7 @@ from typing import Any
 from transformers import LlamaConfig
 from transformers.activations import ACT2FN
 
-from ...errors import UnsupportedModelError, VlmLensError
+from ...core.errors import UnsupportedModelError, VlmLensError
 
 __all__ = ["AbstractorConfig", "IMAGE_TOKEN_INDEX", "MPLUGOwl2Config", "VisionConfig", "load_config"]
 

@@ -41,11 +41,14 @@ from torch import nn
 from transformers import GenerationMixin, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
-from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+)
 from transformers.modeling_utils import slice_logits_to_keep
 from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEmbedding
 
-from ...errors import VlmLensError
+from ...core.errors import VlmLensError
 from .abstractor import AbstractorAttention, VisualAbstractor, sincos_positions
 from .configuration import IMAGE_TOKEN_INDEX, MPLUGOwl2Config
 from .decoder import ModalityRouting, MultiwayDecoderLayer

@@ -33,7 +33,7 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
-from ...errors import VlmLensError
+from ...core.errors import VlmLensError
 from .configuration import IMAGE_TOKEN_INDEX
 from .tokenization import ChunkEncoder, load_sentencepiece
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ...errors import VlmLensError
+from ...core.errors import VlmLensError
 from .configuration import IMAGE_TOKEN_INDEX
 
 __all__ = ["check_image_count", "expand_image_markers", "splice_embeddings"]

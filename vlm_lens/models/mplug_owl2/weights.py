@@ -27,7 +27,7 @@ from typing import Iterator
 import torch
 from safetensors import safe_open
 
-from ...errors import VlmLensError
+from ...core.errors import VlmLensError
 from .configuration import MPLUGOwl2Config, load_config
 from .modeling import MPLUGOwl2ForCausalLM
 

@@ -1,0 +1,257 @@
+"""``compare``: several checkpoints' runs on the same samples, aligned, with paired significance.
+
+Why paired: two checkpoints scored on the same images differ by less than either differs across images, so
+comparing their summary numbers (each with its own confidence interval) wastes most of the evidence. Every table
+here is computed on the samples *all* runs analysed (aligned on sample ``id``), and every difference is tested
+pairwise against the first run (the reference):
+
+- correlations (SRCC, PLCC, logistic PLCC of the Q-Align and good/poor scores): paired bootstrap, same resampled
+  images for both runs (:func:`vlm_lens.stats.paired_correlations`);
+- per layer (logit lens at the predicting position): ``kl`` and ``level_mass`` by the Wilcoxon signed-rank test
+  over samples, ``agree`` and ``level_agree`` by McNemar's exact test;
+- attention mass per (layer, segment) (mean over heads): Wilcoxon over samples;
+- instability: whether the level changes (McNemar, over images compared in both runs) and its entropy (Wilcoxon).
+
+A run compared with itself gives zero differences and p = 1 everywhere.
+
+Example:
+    >>> c = vl.compare({"one-stage": "runs/one-stage", "two-stage": "runs/two-stage"})   # doctest: +SKIP
+    >>> c["correlation_differences"]                                                      # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from ..core.errors import VlmLensError
+from ..runs.checkpoint import write_json, write_table
+from ..runs.engine import RunResult
+from ..runs.stats import correlations, mcnemar, paired_correlations, wilcoxon
+
+__all__ = ["Comparison", "compare"]
+
+_LENS = ("agree", "kl", "level_mass", "level_agree")
+_BINARY = ("agree", "level_agree")
+
+
+@dataclass
+class Comparison:
+    """Aligned tables of several runs.
+
+    Attributes:
+        runs: Run names, the reference first.
+        tables: ``samples`` (``run, id, mos, score, good_poor, level``), ``correlations`` (``run, score, metric,
+            value, low, high, n``), ``correlation_differences`` (``a, b, score, metric, diff, low, high, p, n``
+            with ``diff = b - a``), ``layers`` (``run, layer, agree, kl, level_mass, level_agree, n``),
+            ``layer_differences`` (``a, b, layer, quantity, mean_a, mean_b, diff, p, test, n``), ``attention``
+            (``run, layer, segment, mass, n``), ``attention_differences`` (``a, b, layer, segment, mass_a,
+            mass_b, shift, p, n``), ``instability`` (``run, pct_changed, mean_entropy_bits, n``),
+            ``instability_differences`` (``a, b, quantity, value_a, value_b, diff, p, test, n``). Tables of an
+            analysis that not every run has are absent (see ``notes``).
+        notes: What was aligned or left out, and why.
+    """
+
+    runs: list[str]
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        if name not in self.tables:
+            raise VlmLensError(f"no table {name!r} in this comparison; it has {sorted(self.tables)}. "
+                               f"Notes: {self.notes}")
+        return self.tables[name]
+
+    def __repr__(self) -> str:
+        return f"Comparison(runs={self.runs}, tables={sorted(self.tables)}, notes={len(self.notes)})"
+
+    def save(self, folder: str | Path) -> Path:
+        """``<table>.parquet`` + ``.csv`` per table and ``comparison.json`` (runs, notes)."""
+        folder = Path(folder)
+        for name, frame in self.tables.items():
+            write_table(frame, folder / name)
+        write_json(folder / "comparison.json", {"runs": self.runs, "notes": self.notes})
+        return folder
+
+
+def compare(runs: Mapping[str, RunResult | str | Path], *, n_boot: int = 1000, seed: int = 0) -> Comparison:
+    """Align runs of several checkpoints on their common samples and test their differences pairwise.
+
+    Args:
+        runs: Name -> a :class:`~vlm_lens.runs.RunResult` or a run folder; the first is the reference.
+        n_boot, seed: Bootstrap resamples and seed for the correlation intervals and paired differences.
+
+    Returns:
+        A :class:`Comparison`.
+
+    Example:
+        >>> vl.compare({"a": run_a, "b": run_b})["layer_differences"].query("p < 0.05")   # doctest: +SKIP
+    """
+    if not isinstance(runs, Mapping) or len(runs) < 2:
+        raise VlmLensError(f"compare() needs a mapping of at least two named runs, e.g. {{'one-stage': 'runs/a', "
+                           f"'two-stage': 'runs/b'}}; got {type(runs).__name__} of length "
+                           f"{len(runs) if hasattr(runs, '__len__') else '?'}.")
+    loaded = {str(name): r if isinstance(r, RunResult) else RunResult.load(r) for name, r in runs.items()}
+    names = list(loaded)
+    out = Comparison(names)
+    directions = {r.meta["dataset"]["higher_is_better"] for r in loaded.values()}
+    if len(directions) > 1:
+        raise VlmLensError("the runs were made on datasets with different score directions (higher_is_better); "
+                           "compare runs on the same dataset.")
+    higher_is_better = directions.pop()
+    if len({r.meta["dataset"]["fingerprint"] for r in loaded.values()}) > 1:
+        out.notes.append("the runs' datasets differ; tables use the sample ids all runs share.")
+    common = _common_ids(loaded, out.notes)
+    if _shared(loaded, "quality.samples", out.notes):
+        _quality(loaded, common, higher_is_better, n_boot, seed, out)
+    if _shared(loaded, "quality.layer_samples", out.notes):
+        _layers(loaded, common, out)
+    if _shared(loaded, "attention.samples", out.notes):
+        _attention(loaded, common, out)
+    if _shared(loaded, "instability.samples", out.notes):
+        _instability(loaded, common, out)
+    return out
+
+
+def _shared(runs: dict[str, RunResult], table: str, notes: list[str]) -> bool:
+    """Whether every run has ``table`` (noted when only some do)."""
+    missing = [name for name, r in runs.items() if table not in r.tables]
+    if missing and len(missing) < len(runs):
+        notes.append(f"{table} is missing from {missing}; its comparison is left out.")
+    return not missing
+
+
+def _common_ids(runs: dict[str, RunResult], notes: list[str]) -> list[str]:
+    """Ids analysed by every run (in the reference's order), from the first per-sample table each run has."""
+    per_run = {}
+    for name, r in runs.items():
+        table = next((r.tables[t] for t in ("quality.samples", "attention.samples", "instability.samples",
+                                            "grounding.samples") if t in r.tables), None)
+        per_run[name] = list(dict.fromkeys(table["id"].astype(str))) if table is not None else []
+    reference = per_run[next(iter(runs))]
+    shared = set.intersection(*(set(ids) for ids in per_run.values()))
+    common = [i for i in reference if i in shared]
+    dropped = {name: len(ids) - len(common) for name, ids in per_run.items() if len(ids) != len(common)}
+    if dropped:
+        notes.append(f"aligned on {len(common)} samples every run analysed; left out per run: {dropped}.")
+    if not common:
+        raise VlmLensError("the runs have no analysed sample in common (aligned on sample id); compare runs of the "
+                           "same dataset.")
+    return common
+
+
+def _aligned(frame: pd.DataFrame, common: list[str], keys: list[str]) -> pd.DataFrame:
+    frame = frame.assign(id=frame["id"].astype(str))
+    frame = frame[frame["id"].isin(set(common))]
+    order = {i: k for k, i in enumerate(common)}
+    return frame.assign(_order=frame["id"].map(order)).sort_values(["_order", *keys], kind="stable") \
+        .drop(columns="_order").reset_index(drop=True)
+
+
+def _quality(runs: dict[str, RunResult], common: list[str], higher_is_better: bool, n_boot: int, seed: int,
+             out: Comparison) -> None:
+    samples = {name: _aligned(r["quality.samples"], common, []) for name, r in runs.items()}
+    out.tables["samples"] = pd.concat([s[["id", "mos", "score", "good_poor", "level"]].assign(run=name)
+                                       for name, s in samples.items()], ignore_index=True)[
+        ["run", "id", "mos", "score", "good_poor", "level"]]
+    reference = next(iter(runs))
+    mos = samples[reference]["mos"].to_numpy(float)
+    if not np.isfinite(mos).all():
+        out.notes.append("the dataset has no (or incomplete) MOS; correlations are left out.")
+        return
+    rows, diffs = [], []
+    for name, s in samples.items():
+        for score, column in (("qalign", "score"), ("good_poor", "good_poor")):
+            table = correlations(s[column].to_numpy(float), mos, higher_is_better=higher_is_better,
+                                 n_boot=n_boot, seed=seed)
+            rows.append(table.assign(run=name, score=score))
+            if name != reference:
+                paired = paired_correlations(samples[reference][column].to_numpy(float), s[column].to_numpy(float),
+                                             mos, higher_is_better=higher_is_better, n_boot=n_boot, seed=seed)
+                diffs.append(paired.assign(a=reference, b=name, score=score))
+    out.tables["correlations"] = pd.concat(rows, ignore_index=True)[
+        ["run", "score", "metric", "value", "low", "high", "n"]]
+    out.tables["correlation_differences"] = pd.concat(diffs, ignore_index=True)[
+        ["a", "b", "score", "metric", "diff", "low", "high", "p", "n"]]
+
+
+def _layers(runs: dict[str, RunResult], common: list[str], out: Comparison) -> None:
+    tables = {name: _aligned(r["quality.layer_samples"], common, ["layer"]) for name, r in runs.items()}
+    layer_sets = [set(t["layer"]) for t in tables.values()]
+    layers = sorted(set.intersection(*layer_sets))
+    if any(s != set(layers) for s in layer_sets):
+        out.notes.append(f"the runs have different layers; per-layer tables use the {len(layers)} they share.")
+    rows, diffs = [], []
+    reference = next(iter(runs))
+    for name, t in tables.items():
+        t = t[t["layer"].isin(layers)].astype({c: float for c in _LENS})
+        means = t.groupby("layer", sort=True)[list(_LENS)].mean()
+        rows.append(means.assign(n=t.groupby("layer").size(), run=name).reset_index())
+        tables[name] = t
+    for name in list(tables)[1:]:
+        for layer in layers:
+            a, b = (_by_id(tables[reference], layer), _by_id(tables[name], layer))
+            both = a.index.intersection(b.index)
+            for quantity in _LENS:
+                x, y = a.loc[both, quantity].to_numpy(float), b.loc[both, quantity].to_numpy(float)
+                binary = quantity in _BINARY
+                diffs.append({"a": reference, "b": name, "layer": layer, "quantity": quantity,
+                              "mean_a": x.mean(), "mean_b": y.mean(), "diff": y.mean() - x.mean(),
+                              "p": mcnemar(x > 0.5, y > 0.5) if binary else wilcoxon(x, y),
+                              "test": "mcnemar" if binary else "wilcoxon", "n": len(both)})
+    out.tables["layers"] = pd.concat(rows, ignore_index=True)[["run", "layer", *_LENS, "n"]]
+    out.tables["layer_differences"] = pd.DataFrame(diffs)
+
+
+def _by_id(table: pd.DataFrame, layer: int) -> pd.DataFrame:
+    return table[table["layer"] == layer].set_index("id")
+
+
+def _attention(runs: dict[str, RunResult], common: list[str], out: Comparison) -> None:
+    tables = {name: _aligned(r["attention.samples"], common, ["layer"]) for name, r in runs.items()}
+    rows, diffs = [], []
+    reference = next(iter(runs))
+    for name, t in tables.items():
+        grouped = t.groupby(["layer", "segment"], sort=True)["mass"]
+        rows.append(pd.DataFrame({"mass": grouped.mean(), "n": grouped.size()}).reset_index().assign(run=name))
+    for name in list(tables)[1:]:
+        merged = tables[reference].merge(tables[name], on=["id", "layer", "segment"], suffixes=("_a", "_b"))
+        for (layer, segment), group in merged.groupby(["layer", "segment"], sort=True):
+            x, y = group["mass_a"].to_numpy(float), group["mass_b"].to_numpy(float)
+            diffs.append({"a": reference, "b": name, "layer": layer, "segment": segment, "mass_a": x.mean(),
+                          "mass_b": y.mean(), "shift": y.mean() - x.mean(), "p": wilcoxon(x, y), "n": len(group)})
+    out.tables["attention"] = pd.concat(rows, ignore_index=True)[["run", "layer", "segment", "mass", "n"]]
+    out.tables["attention_differences"] = pd.DataFrame(diffs)
+
+
+def _instability(runs: dict[str, RunResult], common: list[str], out: Comparison) -> None:
+    tables = {name: _aligned(r["instability.samples"], common, []).set_index("id") for name, r in runs.items()}
+    rows, diffs = [], []
+    reference = next(iter(runs))
+    for name, t in tables.items():
+        compared = t["changed"].dropna().astype(bool)
+        rows.append({"run": name, "pct_changed": 100.0 * compared.mean() if len(compared) else np.nan,
+                     "mean_entropy_bits": t["entropy_bits"].astype(float).mean(), "n": len(compared)})
+    a = tables[reference]
+    for name in list(tables)[1:]:
+        b = tables[name]
+        both = a.index[a["changed"].notna() & b.loc[a.index, "changed"].notna()]
+        x, y = a.loc[both, "changed"].astype(bool).to_numpy(), b.loc[both, "changed"].astype(bool).to_numpy()
+        diffs.append(_difference(reference, name, "pct_changed", 100.0 * x.mean() if len(x) else np.nan,
+                                 100.0 * y.mean() if len(y) else np.nan, mcnemar(x, y), "mcnemar", len(both)))
+        ea, eb = a["entropy_bits"].astype(float), b.loc[a.index, "entropy_bits"].astype(float)
+        n = int((ea.notna() & eb.notna()).sum())
+        diffs.append(_difference(reference, name, "entropy_bits", ea.mean(), eb.mean(),
+                                 wilcoxon(ea.to_numpy(), eb.to_numpy()), "wilcoxon", n))
+    out.tables["instability"] = pd.DataFrame(rows)
+    out.tables["instability_differences"] = pd.DataFrame(diffs)
+
+
+def _difference(a: str, b: str, quantity: str, value_a: float, value_b: float, p: float, test: str,
+                n: int) -> dict[str, Any]:
+    return {"a": a, "b": b, "quantity": quantity, "value_a": value_a, "value_b": value_b,
+            "diff": value_b - value_a, "p": p, "test": test, "n": n}

@@ -1,0 +1,61 @@
+"""``vlm-lens compare``: runs of the same dataset compared, paired per sample, on :func:`vlm_lens.compare`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..progress import Steps
+from ..usage import UsageError
+from .tables import correlations_text, written
+
+__all__ = ["compare_command"]
+
+
+def compare_command(args: argparse.Namespace) -> int:
+    folders = [args.run_a, args.run_b, *args.more]
+    names = _run_names(folders, args.names)
+    with Steps(3, "vlm-lens compare") as steps:
+        from ...biqa.comparison import compare
+        from ...runs import RunResult
+
+        steps.next("reading the runs")
+        runs = {name: RunResult.load(folder) for name, folder in zip(names, folders)}
+        steps.next("comparing")
+        comparison = compare(runs, n_boot=args.n_boot, seed=args.seed)
+        steps.next("saving the tables")
+        out = comparison.save(args.out)
+        _compare_summary(comparison, steps)
+        steps.write(written(comparison.tables, out, "comparison.json"))
+    return 0
+
+
+def _run_names(folders: list[str], names: list[str] | None) -> list[str]:
+    if names is not None:
+        if len(names) != len(folders) or len(set(names)) != len(names):
+            raise UsageError(f"--names: expected {len(folders)} different names, one per run, got {','.join(names)}")
+        return names
+    short = [(p.parent if p.name == "results" else p).name or str(p) for p in map(Path, folders)]
+    if len(set(short)) == len(short):
+        return short
+    if len(set(folders)) == len(folders):
+        return folders
+    raise UsageError("the same run folder is given twice; name the runs with --names A,B")
+
+
+def _compare_summary(comparison, steps: "Steps") -> None:
+    tables, reference = comparison.tables, comparison.runs[0]
+    steps.write(f"runs: {', '.join(comparison.runs)}; differences are each run minus {reference}, paired per sample")
+    if "correlations" in tables:
+        steps.write(correlations_text(tables["correlations"], ["run", "score"]))
+        steps.write("correlation differences (paired bootstrap):\n"
+                    + tables["correlation_differences"].round(4).to_string(index=False))
+    for name, what in (("layer_differences", "(layer, quantity)"), ("attention_differences", "(layer, segment)")):
+        if name in tables:
+            p = tables[name]["p"]
+            steps.write(f"{name}: {int((p < 0.05).sum())} of {len(p)} {what} differences with p < 0.05")
+    if "instability" in tables:
+        steps.write("instability:\n" + tables["instability"].round(4).to_string(index=False))
+        steps.write(tables["instability_differences"].round(4).to_string(index=False))
+    for note in comparison.notes:
+        steps.write(f"note: {note}")

@@ -1,0 +1,87 @@
+"""``vlm-lens run``: analyses over a dataset into a resumable run folder, on :func:`vlm_lens.run`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from ...core.errors import RunMismatchError
+from ..progress import Steps
+from .dataset_args import check_sampling, dataset_of, instability_of, question_of
+from .tables import correlations_text, written
+
+__all__ = ["run_command"]
+
+
+def run_command(args: argparse.Namespace) -> int:
+    check_sampling(args, "instability" in args.analyses, "add it, e.g. --analyses quality,instability")
+    dataset = dataset_of(args)  # a missing or malformed dataset fails now, not after loading a 7B model
+    analyses = _analyses(args)
+    out = Path(args.out)
+    before = None if args.overwrite else _status(out)
+    with Steps(3, "vlm-lens run") as steps:
+        from ...runs import run
+        from ...tracing import load
+
+        steps.next("loading the model")
+        m = load(args.model, dtype=args.dtype, device=args.device)
+        steps.next(f"running {len(dataset)} samples")
+        try:
+            result = run(m, dataset, analyses, out=out, batch_size=args.batch_size,
+                            checkpoint_every=args.checkpoint_every, progress=sys.stderr.isatty(),
+                            overwrite=args.overwrite)
+        except RunMismatchError as err:  # said in the shell's terms: --out / --overwrite, not out= / overwrite=True
+            raise RunMismatchError(
+                f"--out {err.folder} holds a run of a different model or with different arguments; resuming would "
+                f"mix results. Differences (stored -> now): {'; '.join(err.differences[:8])}. Choose another --out "
+                "folder, or add --overwrite to discard the stored run.", err.folder, err.differences) from None
+        steps.next("summarising")
+        if before == "done":
+            steps.write(f"{out} already held this finished run: loaded, not recomputed (--overwrite redoes it)")
+        elif before == "running":
+            steps.write(f"resumed the unfinished run in {out}")
+        _run_summary(result, steps)
+    return 0
+
+
+def _analyses(args: argparse.Namespace) -> list:
+    """``--analyses`` names -> reducers, each given the options that concern it (library defaults otherwise)."""
+    from ...biqa import analyses
+
+    question = question_of(args)
+    build: dict[str, Callable[[], Any]] = {
+        "quality": lambda: analyses.Quality(n_boot=args.n_boot, seed=args.seed, **question),
+        "attention": lambda: analyses.Attention(**question),
+        "instability": lambda: instability_of(args, question),
+        "grounding": lambda: analyses.Grounding(seed=args.seed, **{k: v for k, v in question.items()
+                                                                   if k != "prefill"}),
+    }
+    return [build[name]() for name in args.analyses]
+
+
+def _status(out: Path) -> str | None:
+    """The status of the run already in ``out`` ("running" or "done"), or None."""
+    import json
+
+    try:
+        return json.loads((out / "run.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _run_summary(result, steps: "Steps") -> None:
+    meta, skipped = result.meta, result.skipped
+    steps.write(f"{meta['dataset']['name']}: {meta['n_samples']} samples, {meta['n_done']} analysed, "
+                f"{meta['n_skipped']} skipped")
+    for row in skipped.head(5).itertuples():
+        steps.write(f"  skipped {row.id}: {' '.join(str(row.reason).split())}")
+    if len(skipped) > 5:
+        steps.write(f"  ... and {len(skipped) - 5} more (skipped.csv)")
+    correlations = result.tables.get("quality.correlations")
+    if correlations is not None and len(correlations):
+        steps.write(correlations_text(correlations, ["score"], meta["dataset"]["higher_is_better"]))
+    if "instability.summary" in result.tables:
+        steps.write("instability:\n" + result["instability.summary"].round(4).to_string(index=False))
+    steps.write(written(result.tables, result.folder / "results", "skipped, meta.json"))

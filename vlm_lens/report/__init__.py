@@ -1,0 +1,11 @@
+"""The report layer: one self-contained HTML page per trace (:func:`write_report`, also ``t.report(path)``).
+
+Example:
+    >>> from vlm_lens.report import write_report
+    >>> write_report.__name__
+    'write_report'
+"""
+
+from .html import write_report
+
+__all__ = ["write_report"]

@@ -1,0 +1,234 @@
+"""``write_report``: one self-contained HTML page of a Trace, to look at and to send.
+
+The page shows the sequence with every token coloured by segment (system / image / instruction / response; each
+image folds into one chip that opens onto its patch tokens); hovering over a token shows its logit-lens top-k at
+every layer, clicking pins it, ← / → walk along the text. Below come the figures of :mod:`vlm_lens.plot` and the
+input images.
+
+Self-contained means: figures and images are embedded as base64 PNG, the data as JSON, the code is a few lines of
+vanilla JavaScript, and a Content-Security-Policy forbids the page to load anything (no CDN, no fonts, no network):
+it opens the same offline, in a mail attachment, or in ten years.
+
+Example:
+    >>> import tempfile, pathlib, numpy as np, vlm_lens as vl
+    >>> from vlm_lens.testing import tiny_llava
+    >>> from vlm_lens.report import write_report
+    >>> m = vl.load(tiny_llava(tempfile.mkdtemp(), layers=2))
+    >>> t = vl.trace(m, np.zeros((32, 32, 3), np.uint8), "rate the quality of this image", generate=2)
+    >>> path = write_report(t, pathlib.Path(tempfile.mkdtemp()) / "report.html", figures=False)
+    >>> "vlm-lens-data" in path.read_text()
+    True
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+from ..core.errors import VlmLensError
+
+if TYPE_CHECKING:
+    from ..tracing.record import Trace
+
+__all__ = ["write_report"]
+
+TEMPLATE = Path(__file__).parent / "templates" / "report.html"
+
+#: Captions of the figures the report draws, by name.
+CAPTIONS = {
+    "latent_output": "Logit lens: the top-1 token of every layer at every position (images collapsed), coloured by "
+                     "its probability.",
+    "topk": "Top-k candidates per layer at the last prompt position (which predicts the first answer token); the "
+            "final output is highlighted.",
+    "target_words": "Probability of the target words across layers at the last prompt position.",
+    "attention": "Attention of the last prompt position over the context, per layer (heads averaged; image tokens "
+                 "summed into one column).",
+    "attention_mass": "The same attention summed by segment.",
+    "patch_overlay": "The same attention at the last layer, on the image's patch grid.",
+}
+
+
+def write_report(trace: "Trace", path: str | Path, *, topk: int = 5, positions: Sequence[int] | None = None,
+                 targets: Sequence[str | int] | None = None, image: Any = None, figures: bool | Mapping = True,
+                 title: str | None = None, max_image_positions: int = 256, dpi: int = 110) -> Path:
+    """Write ``trace`` as one self-contained HTML file.
+
+    Args:
+        trace: The trace. Without a model attached (a trace loaded from disk without ``model=``), the page has the
+            tokens, attention figures and images, but no lens top-k.
+        path: The ``.html`` file to write (its folder is created).
+        topk: Lens candidates per layer shown for each position.
+        positions: Positions whose top-k the page holds. Default: every text position, and the image positions
+            too when the images hold at most ``max_image_positions`` tokens in all.
+        targets: Words (or token ids) whose probability across layers gets a figure (e.g. the IQA levels).
+        image: The input picture(s) to embed (a path / PIL image or a list of them); default the image paths
+            recorded in the trace, when they still exist.
+        figures: Include the figures (latent output, top-k, target words, attention, attention mass, patch
+            overlay); or a mapping ``name -> Figure`` of figures already drawn, embedded as they are.
+        title: Page title (default: from the model name).
+        max_image_positions: See ``positions``.
+        dpi: Resolution of the embedded figures.
+
+    Returns:
+        The path written.
+
+    Example:
+        >>> write_report(t, "report.html", targets=["good", "poor"])           # doctest: +SKIP
+    """
+    path = Path(path)
+    if path.suffix.lower() not in (".html", ".htm"):
+        raise VlmLensError(f"path={str(path)!r}: a report is an HTML file; give it an .html suffix.")
+    if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
+        raise VlmLensError(f"topk={topk!r}: expected an integer >= 1.")
+    notes: list[str] = []
+    data = _data(trace, topk, positions, max_image_positions, notes)
+    if isinstance(figures, Mapping):
+        parts = [[(name, CAPTIONS.get(name, ""), _png(fig, dpi)) for name, fig in figures.items()]]
+    else:
+        parts = [_figures(trace, targets, topk, dpi, notes)] if figures else []
+    pictures = _pictures(trace, image)
+    name = str(trace.meta.get("model", "")) or "a model"
+    title = title or f"vlm_lens trace: {Path(name).name or name}"
+    body = _body(trace, title, pictures, parts[0] if parts else [], notes)
+    page = TEMPLATE.read_text(encoding="utf-8")
+    page = (page.replace("__VLM_LENS_TITLE__", html.escape(title))
+                .replace("__VLM_LENS_BODY__", body)
+                .replace("__VLM_LENS_DATA__", _json_for_script(data)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------- data
+def _data(trace: "Trace", k: int, positions: Sequence[int] | None, max_image: int, notes: list[str]) -> dict:
+    tokens = trace.tokens
+    segments = tokens["segment"].tolist()
+    kept = set(int(p) for p in trace.positions.tolist())
+    n_image = sum(1 for s in segments if s == "image")
+    if positions is None:
+        wanted = [p for p in range(len(tokens)) if p in kept and (segments[p] != "image" or n_image <= max_image)]
+        if n_image > max_image:
+            notes.append(f"lens top-k of the {n_image} image tokens left out (more than {max_image}); pass "
+                         "positions= or max_image_positions= to include them.")
+    else:
+        from ..plot.trace_data import resolve
+
+        wanted = sorted({resolve(trace, p, "positions") for p in positions})
+    topk: dict[str, list] = {}
+    lens_note = ""
+    if trace.model is None:
+        lens_note = "no lens: this trace has no model attached (Trace.load(path, model=vl.load(...)))."
+        notes.append(lens_note)
+    elif wanted:
+        table = trace.lens(topk=k, positions=wanted)
+        for pos, rows in table.groupby("pos", sort=True):
+            per_layer = [[[str(tok), round(float(p), 5)] for tok, p in zip(g["token"], g["prob"])]
+                         for _, g in rows.groupby("layer", sort=True)]
+            topk[str(int(pos))] = per_layer
+    images = []
+    for span in trace.image_spans:
+        row = span.layout[0].cols if span.layout else 32
+        images.append({"index": span.image_index, "span": [span.start, span.stop],
+                       "grid": list(span.grid) if span.grid else None, "row": row})
+    start = trace.prompt_length - 1 if trace.prompt_length - 1 in kept else (max(kept) if kept else 0)
+    return {"tokens": [[int(p), int(i), str(t), str(s)] for p, i, t, s in
+                       zip(tokens["pos"], tokens["id"], tokens["text"], tokens["segment"])],
+            "layers": [int(l) for l in trace.layers], "k": k, "topk": topk, "images": images,
+            "start": start, "lens_note": lens_note}
+
+
+def _json_for_script(data: dict) -> str:
+    # Inside <script>, "</script>" or "<!--" in a token's text would end the element early: escape every "<".
+    return json.dumps(data, ensure_ascii=False).replace("<", "\\u003c")
+
+
+# ------------------------------------------------------------------------------------------------------ figures
+def _figures(trace: "Trace", targets, k: int, dpi: int, notes: list[str]) -> list[tuple[str, str, str]]:
+    from .. import plot
+
+    has_lens, has_attention = trace.model is not None, trace.attention is not None
+    spatial = any(span.layout for span in trace.image_spans)
+    wanted: list[tuple[str, Callable[[], Any]]] = []
+    if has_lens:
+        wanted += [("latent_output", lambda: plot.latent_output(trace)), ("topk", lambda: plot.topk(trace, k=k))]
+        if targets:
+            wanted.append(("target_words", lambda: plot.target_words(trace, list(targets))))
+    if has_attention:
+        wanted += [("attention", lambda: plot.attention(trace)), ("attention_mass", lambda: plot.attention_mass(trace))]
+        if spatial:
+            wanted.append(("patch_overlay", lambda: plot.patch_overlay(trace)))
+    out = []
+    for name, draw in wanted:
+        caption = CAPTIONS[name]
+        try:
+            fig = draw()
+        except VlmLensError as err:  # e.g. target words the vocabulary lacks: say so on the page, keep the rest
+            notes.append(f"{name}: {err}")
+            continue
+        out.append((name, caption, _png(fig, dpi)))
+    if not has_attention:
+        notes.append("no attention figures: this trace holds no attention rows.")
+    return out
+
+
+def _png(fig, dpi: int) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=dpi, facecolor="white")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _pictures(trace: "Trace", image: Any) -> list[str]:
+    from ..core.images import load_image
+
+    if image is None:
+        candidates = [p for p in trace.meta.get("images") or [] if Path(str(p)).is_file()]
+    else:
+        candidates = list(image) if isinstance(image, (list, tuple)) else [image]
+    out = []
+    for k, candidate in enumerate(candidates):
+        picture = load_image(candidate, argument=f"image[{k}]")
+        picture.thumbnail((512, 512))
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG")
+        out.append(base64.b64encode(buffer.getvalue()).decode("ascii"))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------- html
+def _body(trace: "Trace", title: str, pictures: list[str], figures: list[tuple[str, str, str]],
+          notes: list[str]) -> str:
+    e = html.escape
+    counts = trace.tokens["segment"].value_counts()
+    meta = trace.meta
+    rows = [("model", meta.get("model", "")), ("family", meta.get("family", "")), ("prompt", meta.get("prompt", "")),
+            ("answer", trace.answer or "(nothing generated)"),
+            ("positions", f"{len(trace.tokens)} ({', '.join(f'{s} {n}' for s, n in counts.items())})"),
+            ("layers", f"{len(trace.layers)} hidden states ({trace.layers[0]}..{trace.layers[-1]})"),
+            ("vlm_lens", meta.get("vlm_lens_version", ""))]
+    meta_html = "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in rows)
+    legend = "".join(f'<span><i style="background:var(--{s})"></i>{s}</span>'
+                     for s in ("system", "image", "instruction", "response"))
+    figure_html = "".join(
+        f'<figure id="figure-{e(name)}" data-figure="{e(name)}"><img alt="{e(name)}" '
+        f'src="data:image/png;base64,{b64}"><figcaption>{e(caption)}</figcaption></figure>'
+        for name, caption, b64 in figures)
+    picture_html = "".join(f'<img alt="input image {k}" src="data:image/png;base64,{b64}">'
+                           for k, b64 in enumerate(pictures))
+    notes_html = "".join(f"<li>{e(n)}</li>" for n in notes)
+    return f"""<header><h1>{e(title)}</h1><dl class="meta">{meta_html}</dl></header>
+<main>
+<div>
+<section id="sequence"><h2>Sequence</h2><div class="legend">{legend}</div>
+<p class="hint">Hover over a token to see what every layer would output there; click to pin it; ← / → move along.</p>
+<div id="tokens"></div></section>
+{f'<section id="notes"><h2>Notes</h2><ul class="notes">{notes_html}</ul></section>' if notes else ''}
+{f'<section id="figures"><h2>Figures</h2>{figure_html}</section>' if figures else ''}
+{f'<section id="pictures" class="pictures"><h2>Input</h2>{picture_html}</section>' if pictures else ''}
+</div>
+<section id="lens"><h2>Logit lens top-k per layer</h2><div id="lens-title"></div>
+<table id="topk-table" hidden></table></section>
+</main>"""

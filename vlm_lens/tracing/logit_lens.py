@@ -1,0 +1,137 @@
+"""The logit lens: what each layer's residual stream would say if decoded through the output head.
+
+For a hidden state ``h`` of any layer, the lens is ``unembed(final_norm(h))`` — the model's own final norm
+applied to that layer's *own* state (never a scale cached from the last layer), then the model's own output head
+(with soft-capping for families that cap logits). Two traps this module avoids:
+
+- Hugging Face's ``output_hidden_states[-1]`` is already normed; vlm_lens stores raw layer outputs (hooks), so
+  the norm is applied exactly once to every layer, including the last: the lens of the last layer *is* the model's
+  logits.
+- All layers x all positions x vocabulary in float32 is gigabytes for a 7B model; rows are processed in chunks
+  sized by a byte budget, and only the top-k or the requested targets are kept, so peak extra memory does not
+  grow with ``layers x positions``.
+
+Example:
+    >>> lens = LogitLens(m.adapter)                          # doctest: +SKIP
+    >>> probs, ids = lens.topk(t.hidden[:, -1:], k=4)        # [layer, pos, k] each  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+from ..core.errors import VlmLensError
+from ..models.base import Adapter
+
+__all__ = ["LogitLens", "target_token_ids"]
+
+#: Default bytes of float32 logits materialised at once (per chunk of rows).
+CHUNK_BYTES = 64 * 2**20
+
+
+class LogitLens:
+    """Decode hidden states through the model's final norm and output head.
+
+    Args:
+        adapter: The family adapter (gives ``final_norm`` and ``unembed``).
+        chunk_bytes: Budget for one chunk of float32 logits.
+    """
+
+    def __init__(self, adapter: Adapter, chunk_bytes: int = CHUNK_BYTES) -> None:
+        self.adapter = adapter
+        self.chunk_bytes = chunk_bytes
+        weight = next(adapter.output_head.parameters())
+        self.device, self.dtype = weight.device, weight.dtype
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.adapter.output_head.weight.shape[0])
+
+    @torch.no_grad()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``[..., d_model]`` raw hidden states -> ``[..., vocab]`` float32 logits (no chunking: small inputs)."""
+        normed = self.adapter.final_norm(hidden.to(device=self.device, dtype=self.dtype))
+        return self.adapter.unembed(normed).float()
+
+    def _chunks(self, hidden: torch.Tensor):
+        flat = hidden.reshape(-1, hidden.shape[-1])
+        rows = max(1, self.chunk_bytes // (4 * self.vocab_size))
+        for start in range(0, flat.shape[0], rows):
+            yield start, self.logits(flat[start:start + rows])
+
+    @torch.no_grad()
+    def topk(self, hidden: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-``k`` probabilities and token ids for each row of ``hidden`` (``[..., d_model]``).
+
+        Returns:
+            ``(probs, ids)``, each ``[..., k]``, sorted by decreasing probability; on the CPU.
+        """
+        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.vocab_size:
+            raise VlmLensError(f"topk={k!r}: expected an integer between 1 and the vocabulary size "
+                               f"({self.vocab_size}).")
+        shape = hidden.shape[:-1]
+        probs = torch.empty(*shape, k).reshape(-1, k)
+        ids = torch.empty(*shape, k, dtype=torch.long).reshape(-1, k)
+        for start, logits in self._chunks(hidden):
+            p, i = torch.softmax(logits, dim=-1).topk(k, dim=-1)
+            probs[start:start + len(p)], ids[start:start + len(p)] = p.cpu(), i.cpu()
+        return probs.reshape(*shape, k), ids.reshape(*shape, k)
+
+    @torch.no_grad()
+    def targets(self, hidden: torch.Tensor, token_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Probability and rank (1 = most probable) of each target token for each row of ``hidden``.
+
+        Returns:
+            ``(probs, ranks)``, each ``[..., n_targets]``; on the CPU. A token's rank counts the tokens with a
+            strictly larger logit, plus one.
+        """
+        index = torch.as_tensor(list(token_ids), dtype=torch.long)
+        if index.numel() and (index.min() < 0 or index.max() >= self.vocab_size):
+            raise VlmLensError(f"target token ids {index.tolist()} fall outside the vocabulary [0, {self.vocab_size}).")
+        shape = hidden.shape[:-1]
+        n = len(index)
+        probs = torch.empty(*shape, n).reshape(-1, n)
+        ranks = torch.empty(*shape, n, dtype=torch.long).reshape(-1, n)
+        for start, logits in self._chunks(hidden):
+            local = index.to(logits.device)
+            chosen = logits[:, local]
+            probs[start:start + len(logits)] = torch.softmax(logits, dim=-1)[:, local].cpu()
+            for j in range(n):  # one [rows, vocab] comparison at a time keeps the chunk budget
+                ranks[start:start + len(logits), j] = ((logits > chosen[:, j:j + 1]).sum(-1) + 1).cpu()
+        return probs.reshape(*shape, n), ranks.reshape(*shape, n)
+
+
+def target_token_ids(tokenizer, targets: Sequence[str | int]) -> list[int]:
+    """Map target words to single token ids, as the word is tokenized inside a sentence.
+
+    A word is tokenized after the context ``"is"`` (``"is good"`` minus ``"is"``), which gives the in-sentence
+    form for every tokenizer family (SentencePiece ``▁good``, byte-level BPE ``Ġgood``, word-level ``good``). For
+    LLaMA this reproduces the ids the IQA literature uses (e.g. Q-Align's good = 1781). Integers pass through.
+
+    Raises:
+        VlmLensError: A word does not become exactly one known token; the message shows how each such word was
+            tokenized, so that the caller can pick a token id instead.
+    """
+    ids, problems = [], []
+    unk = getattr(tokenizer, "unk_token_id", None)
+    base = tokenizer.encode("is", add_special_tokens=False)
+    for target in targets:
+        if isinstance(target, int) and not isinstance(target, bool):
+            ids.append(int(target))
+            continue
+        if not isinstance(target, str) or not target.strip():
+            problems.append(f"{target!r}: not a non-empty string or a token id")
+            continue
+        full = tokenizer.encode("is " + target.strip(), add_special_tokens=False)
+        piece = full[len(base):] if full[:len(base)] == base else tokenizer.encode(target, add_special_tokens=False)
+        if len(piece) != 1 or (unk is not None and piece[0] == unk):
+            shown = tokenizer.convert_ids_to_tokens(piece)
+            problems.append(f"{target!r} -> {shown} (ids {piece})")
+        else:
+            ids.append(piece[0])
+    if problems:
+        raise VlmLensError("target words must each be exactly one known token; these are not: "
+                           + "; ".join(problems) + ". Pass a token id instead, or a word the vocabulary holds.")
+    return ids

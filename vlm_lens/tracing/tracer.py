@@ -1,0 +1,370 @@
+"""``trace``: inputs -> (generation) -> one teacher-forced pass with capture -> ``Trace``.
+
+Why one teacher-forced pass after generation, instead of capturing while generating: under causal masking, the
+hidden state and attention row at position ``t`` depend only on tokens ``<= t``, so a single forward over
+prompt + answer reproduces what each decoding step computed (the tests check it against step-by-step decoding
+with the KV cache), at the cost of one forward instead of one capture per step, and with every layer's states
+for every position in one place.
+
+Batches are left padded (as ``generate`` needs); position ids count real tokens only, so each sample's Trace equals
+the one it gets alone. Every position in a returned Trace is a position of that sample's own, unpadded sequence.
+
+Example:
+    >>> import vlm_lens as vl
+    >>> m = vl.load("checkpoints/llava-1.5-7b-hf")                           # doctest: +SKIP
+    >>> t = vl.trace(m, "img.jpg", "Rate the quality of this image.", generate=16)  # doctest: +SKIP
+    >>> t.answer, t.attention.shape                                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import inspect
+import secrets
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import pandas as pd
+import torch
+
+from ..core.errors import VlmLensError
+from ..core.images import ImageLike, load_image
+from ..core.sampling import RowSampler
+from ..core.spans import Span
+from ..core.version import __version__
+from ..models.base import Encoded, Prompt
+from .hooks import Recorder
+from .loading import LensModel
+from .record import Trace
+from .settings import Generation, Keep
+
+__all__ = ["trace"]
+
+ImageEntry = ImageLike | Sequence[ImageLike] | None
+
+
+@torch.no_grad()
+def trace(model: LensModel, image: ImageEntry | Sequence[ImageEntry], prompt: str | Sequence[str], *,
+          generate: int | bool | Generation = 0, prefill: str | None = None, system: str | None = None,
+          template: bool = True, keep: Keep = Keep()) -> Trace | list[Trace]:
+    """Trace one prompt — or, given a list of prompts, a batch in one left-padded forward.
+
+    Args:
+        model: A model from :func:`vlm_lens.load` or :func:`vlm_lens.wrap`.
+        image: A path, PIL image or array; a list of them for several images in one prompt; None for text only.
+            With a list of prompts: one such entry per prompt.
+        prompt: The user's question, or a list of questions (a batch). It is formatted with the model's chat
+            template; the images come first in the user turn unless the prompt contains the image placeholder (e.g.
+            ``<image>``) once per image.
+        generate: Generate the answer first, then trace prompt + answer: a number of new tokens (greedy), True
+            (32), or a :class:`~vlm_lens.Generation` (sampling, seeds, further ``generate`` arguments). 0: trace
+            the prompt only.
+        prefill: Text the answer starts with, appended after the chat template's assistant prefix (e.g. Q-Align's
+            ``"The quality of the image is"``); it is labelled ``system``, and left out when the rendered prompt
+            already ends with it.
+        system: A system prompt, where the chat template has a place for it.
+        template: False to use each prompt verbatim (it must then contain the image placeholders).
+        keep: What the forward keeps (layers, positions, attention rows, dtype/device): a :class:`~vlm_lens.Keep`.
+
+    Returns:
+        A :class:`~vlm_lens.Trace`, or one per prompt for a list of prompts; each equals the Trace its sample gets
+        alone.
+
+    Example:
+        >>> t = vl.trace(m, "cat.jpg", "How would you rate the quality of this image?")   # doctest: +SKIP
+        >>> t.tokens.segment.value_counts()                                               # doctest: +SKIP
+        >>> ts = vl.trace(m, ["a.jpg", "b.jpg"], ["Rate it.", "Rate it."], generate=vl.Generation(8, seed=0),
+        ...               keep=vl.Keep(layers=[-1], attention=False))                    # doctest: +SKIP
+    """
+    if not isinstance(model, LensModel):
+        raise VlmLensError(f"model: expected the result of vl.load(...) or vl.wrap(...), got {type(model).__name__}.")
+    if not isinstance(keep, Keep):
+        raise VlmLensError(f"keep={keep!r}: expected a vl.Keep(...) (layers, positions, query_positions, attention, "
+                           "dtype, device).")
+    generation = Generation.of(generate)
+    if isinstance(prompt, (list, tuple)):
+        if not isinstance(image, (list, tuple)) or len(image) != len(prompt):
+            raise VlmLensError(f"a list of {len(prompt)} prompts needs a list of as many images (one image, a "
+                               f"list of images, or None per prompt); got {type(image).__name__}"
+                               f"{f' of length {len(image)}' if isinstance(image, (list, tuple)) else ''}.")
+        return _trace_batch(model, list(image), list(prompt), generation, prefill, system, template, keep)
+    return _trace_batch(model, [image], [prompt], generation, prefill, system, template, keep)[0]
+
+
+@dataclass
+class _Prepared:
+    """A batch after validation, rendering and encoding (before generation)."""
+
+    prompts: list[str]
+    images: list[Any]
+    rendered: list[Prompt]
+    encoded: Encoded
+    seeds: list[int | None]
+    hidden_layers: list[int]
+    attention_layers: list[int]
+    keep: Keep
+
+
+@dataclass
+class _Sequences:
+    """Prompt + answer of every sample, left padded for the teacher-forced pass."""
+
+    ids: list[list[int]]
+    responses: list[list[int]]
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    pads: list[int]
+    queries: list[list[int]]
+    kept: list[list[int]]
+
+
+def _trace_batch(model: LensModel, images: list[Any], prompts: list[str], generation: Generation | None,
+                 prefill: str | None, system: str | None, template: bool, keep: Keep) -> list[Trace]:
+    prepared = _prepare(model, images, prompts, generation, prefill, system, template, keep)
+    responses = (_generate(model, prepared.encoded, generation, prepared.seeds) if generation is not None
+                 else [[] for _ in prompts])
+    sequences = _sequences(model, prepared.encoded, responses, keep)
+    recorder, logits = _forward(model, prepared, sequences)
+    return [_record(model, prepared, sequences, recorder, logits, i, generation, prefill, system)
+            for i in range(len(prompts))]
+
+
+def _prepare(model: LensModel, images: list[Any], prompts: list[str], generation: Generation | None,
+             prefill: str | None, system: str | None, template: bool, keep: Keep) -> _Prepared:
+    """Check the arguments, render the prompts and encode the batch (before anything runs on the model)."""
+    if len(images) != len(prompts):
+        raise VlmLensError(f"{len(images)} image entries for {len(prompts)} prompts; pass one entry (an image, a list "
+                           "of images, or None) per prompt.")
+    for i, prompt in enumerate(prompts):
+        if not isinstance(prompt, str):
+            raise VlmLensError(f"prompts[{i}]: expected a string, got {type(prompt).__name__}.")
+    adapter = model.adapter
+    n_layers = adapter.n_layers
+    hidden_layers = _check_indices(keep.layers, n_layers + 1, "keep.layers", "hidden-state indices 0..n_layers")
+    attention_layers = _attention_layers(keep.attention, n_layers)
+    pictures = [_images_of(entry, i) for i, entry in enumerate(images)]
+    rendered = [_prefilled(adapter.format_prompt(p, len(pics), system=system, template=template), prefill)
+                for p, pics in zip(prompts, pictures)]
+    seeds: list[int | None] = [None] * len(prompts)
+    if generation is not None and generation.do_sample:
+        seeds = list(_seeds(generation.seed, len(prompts)))
+    encoded = adapter.encode(pictures, rendered)
+    _check_length(adapter, encoded, generation.max_new_tokens if generation is not None else 0)
+    return _Prepared(prompts, images, rendered, encoded, seeds, hidden_layers, attention_layers, keep)
+
+
+def _sequences(model: LensModel, encoded: Encoded, responses: list[list[int]], keep: Keep) -> _Sequences:
+    """Prompt + answer per sample, left padded, with the query and kept positions resolved per sample."""
+    ids = [encoded.input_ids[i][encoded.attention_mask[i].bool()].tolist() + responses[i]
+           for i in range(len(responses))]
+    width = max(len(s) for s in ids)
+    pads = [width - len(s) for s in ids]
+    input_ids = torch.full((len(ids), width), model.adapter.pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros_like(input_ids)
+    for i, seq in enumerate(ids):
+        input_ids[i, pads[i]:] = torch.tensor(seq, dtype=torch.long)
+        attention_mask[i, pads[i]:] = 1
+    queries = [_resolve(keep.query_positions, len(s), "keep.query_positions") if keep.query_positions is not None
+               else _default_queries(p, len(s)) for s, p in zip(ids, encoded.lengths)]
+    kept = [_resolve(keep.positions, len(s), "keep.positions") if keep.positions is not None
+            else list(range(len(s))) for s in ids]
+    return _Sequences(ids, responses, input_ids, attention_mask, pads, queries, kept)
+
+
+def _forward(model: LensModel, prepared: _Prepared, sequences: _Sequences) -> tuple[Recorder, torch.Tensor]:
+    """The teacher-forced pass with the recorder installed: ``(recorder, logits [batch, query, vocab])``."""
+    adapter = model.adapter
+    query_index = _padded_index(sequences.queries, sequences.pads)
+    keep_index = _padded_index(sequences.kept, sequences.pads)
+    forward = adapter.forward_inputs(sequences.input_ids.to(model.device), sequences.attention_mask.to(model.device),
+                                     _to(prepared.encoded.model_inputs, model.device))
+    width = sequences.input_ids.shape[1]
+    response_mask = torch.zeros_like(sequences.input_ids, dtype=torch.bool)
+    for i, response in enumerate(sequences.responses):
+        if response:
+            response_mask[i, width - len(response):] = True
+    forward = adapter.response_inputs(forward, response_mask.to(model.device))
+    if "logits_to_keep" in inspect.signature(model.model.forward).parameters:
+        forward["logits_to_keep"] = query_index.to(model.device)
+    recorder = Recorder(adapter, prepared.hidden_layers, query_index if prepared.attention_layers else None,
+                        prepared.attention_layers, dtype=prepared.keep.dtype, device=prepared.keep.device,
+                        keep_index=keep_index)
+    with recorder:
+        output = model.model(**forward, use_cache=False)
+    logits = output.logits
+    if "logits_to_keep" not in forward:
+        logits = torch.gather(logits, 1, query_index.to(logits.device)[..., None].expand(-1, -1, logits.shape[-1]))
+    return recorder, logits
+
+
+def _record(model: LensModel, prepared: _Prepared, sequences: _Sequences, recorder: Recorder, logits: torch.Tensor,
+            i: int, generation: Generation | None, prefill: str | None, system: str | None) -> Trace:
+    """The Trace of sample ``i``: its unpadded positions only."""
+    adapter = model.adapter
+    seq, pad = sequences.ids[i], sequences.pads[i]
+    n_query, n_kept = len(sequences.queries[i]), len(sequences.kept[i])
+    hidden = torch.stack([recorder.hidden[l][i, :n_kept] for l in prepared.hidden_layers])
+    rows = None
+    if prepared.attention_layers:
+        rows = torch.stack([recorder.rows[l][i, :, :n_query, pad:] for l in prepared.attention_layers])
+    prompt_length = prepared.encoded.lengths[i]
+    segments = prepared.encoded.segments[i] + ["response"] * len(sequences.responses[i])
+    return Trace(
+        tokens=_tokens_table(adapter, seq, segments),
+        spans=_spans(prepared.encoded.image_spans[i], segments, prompt_length),
+        hidden=hidden, layers=list(prepared.hidden_layers),
+        positions=torch.tensor(sequences.kept[i], dtype=torch.long),
+        logits=logits[i, :n_query].float().cpu(), query_positions=torch.tensor(sequences.queries[i], dtype=torch.long),
+        attention=rows.cpu() if rows is not None else None, attention_layers=list(prepared.attention_layers),
+        prompt_length=prompt_length,
+        meta={"model": model.name, "family": adapter.family, "prompt": prepared.prompts[i],
+              "rendered_prompt": prepared.rendered[i].text,
+              "images": [_describe(x) for x in _as_list(prepared.images[i])], "prefill": prefill,
+              "generate": generation.max_new_tokens if generation is not None else 0,
+              "do_sample": bool(generation is not None and generation.do_sample),
+              "temperature": generation.temperature if generation is not None else 1.0,
+              "top_p": generation.top_p if generation is not None else 1.0, "seed": prepared.seeds[i],
+              "system": system, "vlm_lens_version": __version__},
+        model=model)
+
+
+# ------------------------------------------------------------------------------------------------- generation
+def _generate(model: LensModel, encoded: Encoded, generation: Generation, seeds: list[int | None]) -> list[list[int]]:
+    """The generated answer of every sample (up to and including its end-of-sequence token)."""
+    from transformers import LogitsProcessorList
+
+    adapter = model.adapter
+    kwargs: dict[str, Any] = {"max_new_tokens": generation.max_new_tokens, "do_sample": False,
+                              "pad_token_id": adapter.pad_token_id}
+    if adapter.placeholder_ids:
+        # A generated image placeholder would be replaced by image features in the teacher-forced pass, so the
+        # traced sequence would not be the generated one; the placeholder is never a valid answer token.
+        kwargs["suppress_tokens"] = adapter.placeholder_ids
+    kwargs.update(generation.kwargs)
+    if generation.do_sample:
+        # generate(do_sample=True) draws every row from one random stream, so a row's answer would depend on its
+        # batch; each row draws from its own generator instead, and greedy decoding emits the drawn token.
+        sampler = RowSampler([int(s) for s in seeds if s is not None], generation.temperature, generation.top_p)
+        kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []), sampler])
+    output = model.model.generate(**_to(adapter.generate_inputs(encoded), model.device), **kwargs)
+    sequences = output if isinstance(output, torch.Tensor) else output.sequences
+    new = sequences[:, encoded.input_ids.shape[1]:].tolist()
+    eos = adapter.eos_token_ids
+    responses = []
+    for row in new:
+        end = next((k + 1 for k, token in enumerate(row) if token in eos), len(row))
+        responses.append(row[:end])
+    return responses
+
+
+def _seeds(seed: int | Sequence[int] | None, n: int) -> list[int]:
+    if seed is None:
+        return [secrets.randbits(63) for _ in range(n)]
+    if isinstance(seed, int):
+        return [seed] * n
+    seeds = list(seed)
+    if len(seeds) != n:
+        raise VlmLensError(f"Generation(seed=...): {len(seeds)} seeds for {n} prompts; pass one int, or one int per "
+                           "prompt.")
+    return seeds
+
+
+def _prefilled(prompt: Prompt, prefill: str | None) -> Prompt:
+    if not prefill:
+        return prompt
+    text = prompt.text
+    if " ".join(text.split()).lower().endswith(" ".join(prefill.split()).lower()):
+        return prompt  # the prompt format already ends with it (e.g. mPLUG-Owl2's "q-align" format)
+    return Prompt(text + ("" if text[-1:].isspace() else " ") + prefill, prompt.instruction_spans)
+
+
+# ------------------------------------------------------------------------------------------------- validation
+def _check_indices(values: Sequence[int] | None, size: int, name: str, meaning: str) -> list[int]:
+    if values is None:
+        return list(range(size))
+    out = []
+    for v in values:
+        if not isinstance(v, int) or isinstance(v, bool) or not -size <= v < size:
+            raise VlmLensError(f"{name}: {v!r} is not valid; expected {meaning} (there are {size}; negative "
+                               "values count from the end).")
+        out.append(v % size)
+    if not out:
+        raise VlmLensError(f"{name} is empty; pass None for all.")
+    return sorted(set(out))
+
+
+def _attention_layers(attention: bool | Sequence[int], n_layers: int) -> list[int]:
+    if attention is True:
+        return list(range(n_layers))
+    if attention is False or attention is None:
+        return []
+    return _check_indices(attention, n_layers, "keep.attention", "decoder layer indices 0..n_layers-1")
+
+
+def _resolve(values: Sequence[int], length: int, name: str) -> list[int]:
+    out = []
+    for v in values:
+        if not isinstance(v, int) or isinstance(v, bool) or not -length <= v < length:
+            raise VlmLensError(f"{name}: {v!r} is out of range for a sequence of {length} positions "
+                               f"(valid: {-length}..{length - 1}).")
+        out.append(v % length)
+    if not out:
+        raise VlmLensError(f"{name} is empty; pass None for the default.")
+    return out
+
+
+def _default_queries(prompt_length: int, length: int) -> list[int]:
+    return list(range(prompt_length - 1, length))
+
+
+def _check_length(adapter, encoded: Encoded, new_tokens: int) -> None:
+    limit = adapter.max_positions
+    if limit is None:
+        return
+    for i, n in enumerate(encoded.lengths):
+        if n + new_tokens > limit:
+            raise VlmLensError(f"prompt {i} is {n} positions long (image tokens included){f' + {new_tokens} to generate' if new_tokens else ''}, "
+                               f"more than the model's context of {limit}. Shorten the prompt or generate fewer tokens.")
+
+
+def _images_of(entry: Any, sample: int) -> list:
+    return [load_image(image, argument=f"images[{sample}]" + (f"[{k}]" if isinstance(entry, (list, tuple)) else ""))
+            for k, image in enumerate(_as_list(entry))]
+
+
+def _as_list(entry: Any) -> list:
+    if entry is None:
+        return []
+    return list(entry) if isinstance(entry, (list, tuple)) else [entry]
+
+
+def _describe(image: Any) -> str:
+    return str(image) if isinstance(image, str) or hasattr(image, "__fspath__") else type(image).__name__
+
+
+# ---------------------------------------------------------------------------------------------------- assembly
+def _padded_index(per_sample: list[list[int]], pads: list[int]) -> torch.Tensor:
+    """``[batch, max_len]`` positions in padded coordinates; short rows repeat their last entry."""
+    width = max(len(p) for p in per_sample)
+    return torch.tensor([[pad + q for q in p] + [pad + p[-1]] * (width - len(p)) for p, pad in zip(per_sample, pads)],
+                        dtype=torch.long)
+
+
+def _to(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+
+
+def _tokens_table(adapter, ids: list[int], segments: list[str]) -> pd.DataFrame:
+    return pd.DataFrame({"pos": range(len(ids)), "id": ids, "text": adapter.token_texts(ids),
+                         "segment": segments})
+
+
+def _spans(image_spans: list[Span], segments: list[str], prompt_length: int) -> dict[str, Span]:
+    spans: dict[str, Span] = {}
+    for k, span in enumerate(image_spans):
+        spans["image" if k == 0 else f"image_{k}"] = span
+    for name in ("instruction", "response"):
+        where = [p for p, s in enumerate(segments) if s == name]
+        if where:
+            spans[name] = Span(where[0], where[-1] + 1)
+    spans["prompt"] = Span(0, prompt_length)
+    return spans
