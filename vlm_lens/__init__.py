@@ -1,7 +1,7 @@
 """vlm_lens: why a vision-language model answers what it answers.
 
-Every layer's residual stream, exact attention rows of the tokens you ask about, and the logit lens, for the
-decoders of vision-language models, with tokens labelled system / image / instruction / response.
+Every layer's residual stream, exact attention rows of the tokens you ask about, and the logit and tuned lenses, for
+the decoders of vision-language models, with tokens labelled system / image / instruction / response.
 
 ``import vlm_lens`` is light: the verbs below are imported the first time one is used, and that first use also
 loads every layer that extends a :class:`Trace` (``t.plot``, ``t.report``, ``t.quality``, ``t.attention_mass``), so
@@ -22,15 +22,15 @@ from .core.lazy import lazy_exports
 from .core.version import __version__  # noqa: F401 - vl.__version__
 from .extensions import register_all
 
-__all__ = ["Comparison", "Generation", "Keep", "LensModel", "RunResult", "Trace", "VlmLensError", "analyses",
-           "compare", "datasets", "evaluate", "load", "plot", "run", "trace", "wrap", "write_report", "zoo"]
+__all__ = ["Comparison", "Generation", "Keep", "LensModel", "RunResult", "Trace", "TunedLens", "VlmLensError",
+           "analyses", "compare", "datasets", "evaluate", "load", "plot", "run", "trace", "wrap", "write_report", "zoo"]
 
 _EXPORTS = {
     "Comparison": ".biqa.comparison:Comparison", "compare": ".biqa.comparison:compare",
     "evaluate": ".biqa.evaluation:evaluate", "analyses": ".biqa.analyses",
     "Generation": ".tracing.settings:Generation", "Keep": ".tracing.settings:Keep",
     "LensModel": ".tracing.loading:LensModel", "load": ".tracing.loading:load", "wrap": ".tracing.loading:wrap",
-    "Trace": ".tracing.record:Trace", "trace": ".tracing.tracer:trace",
+    "Trace": ".tracing.record:Trace", "trace": ".tracing.tracer:trace", "TunedLens": ".tracing.tuned_lens:TunedLens",
     "RunResult": ".runs.engine:RunResult", "run": ".runs.engine:run", "datasets": ".runs.datasets",
     "VlmLensError": ".core.errors:VlmLensError",
     "plot": ".plot", "write_report": ".report.html:write_report", "zoo": ".zoo",
@@ -56,3 +56,4 @@ if TYPE_CHECKING:  # what static tools and IDEs see; at run time these load on f
     from .tracing.record import Trace
     from .tracing.settings import Generation, Keep
     from .tracing.tracer import trace
+    from .tracing.tuned_lens import TunedLens

@@ -17,24 +17,20 @@ go to safetensors, tables to parquet (and CSV for people), everything else to JS
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
-import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..core.errors import VlmLensError
-
-if TYPE_CHECKING:
-    from ..tracing.loading import LensModel
+from ..tracing.fingerprint import model_fingerprint
 
 __all__ = ["RankState", "atomic_write", "describe_differences", "model_fingerprint", "read_parts", "write_table"]
 
@@ -78,28 +74,6 @@ def read_parts(folder: Path) -> pd.DataFrame:
         return pd.DataFrame()
     table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
     return table.to_pandas()
-
-
-def model_fingerprint(model: "LensModel") -> dict[str, Any]:
-    """What identifies the weights: class, config (paths and versions aside), revision, and a digest of every
-    parameter's name, shape, dtype and 64 evenly spaced values (cheap even for 7B models, and any retraining
-    changes it)."""
-    hf = model.model
-    config = hf.config.to_dict()
-    for volatile in ("_name_or_path", "transformers_version", "_commit_hash", "_attn_implementation_autoset",
-                     "_attn_implementation", "_attn_implementation_internal"):
-        config.pop(volatile, None)
-    digest = hashlib.sha256()
-    for name, param in sorted(hf.named_parameters(), key=lambda item: item[0]):
-        digest.update(f"{name}{tuple(param.shape)}{param.dtype}".encode())
-        flat = param.detach().reshape(-1)
-        if flat.numel() and flat.device.type != "meta":
-            index = torch.linspace(0, flat.numel() - 1, min(64, flat.numel())).long().to(flat.device)
-            digest.update(flat[index].double().cpu().numpy().tobytes())
-    return {"name": model.name, "class": type(hf).__name__,
-            "revision": getattr(hf.config, "_commit_hash", None),
-            "config_sha256": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest(),
-            "weights_digest": digest.hexdigest()}
 
 
 def describe_differences(old: Any, new: Any, where: str = "") -> list[str]:

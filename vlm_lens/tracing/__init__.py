@@ -5,7 +5,11 @@
 - :mod:`~vlm_lens.tracing.hooks`: the recorder (residual-stream hooks, the attention function for exact rows);
 - :mod:`~vlm_lens.tracing.tracer`: ``trace``;
 - :mod:`~vlm_lens.tracing.record`: :class:`Trace`, what a trace returns, and how upper layers extend it;
-- :mod:`~vlm_lens.tracing.logit_lens`: decoding any layer through the final norm and output head.
+- :mod:`~vlm_lens.tracing.lens`: the lens interface every reader takes as ``lens=``;
+- :mod:`~vlm_lens.tracing.logit_lens`: decoding any layer through the final norm and output head;
+- :mod:`~vlm_lens.tracing.tuned_lens`: :class:`TunedLens`, an affine translator per layer before them (fitted by
+  :mod:`vlm_lens.runs.lens_fit`);
+- :mod:`~vlm_lens.tracing.fingerprint`: what identifies a model's weights.
 
 This layer knows models and positions, never a domain: no level word, no quality score (that is ``vlm_lens.biqa``).
 
@@ -19,11 +23,13 @@ Example:
     [0, 2]
 """
 
+from .lens import Lens
 from .loading import LensModel, load, register_source, wrap
-from .logit_lens import LogitLens, target_token_ids
+from .logit_lens import LogitLens, resolve_lens, target_token_ids
 from .record import Trace, register_trace_accessor, register_trace_method
 from .settings import Generation, Keep
 from .tracer import trace
+from .tuned_lens import TunedLens
 
-__all__ = ["Generation", "Keep", "LensModel", "LogitLens", "Trace", "load", "register_source",
-           "register_trace_accessor", "register_trace_method", "target_token_ids", "trace", "wrap"]
+__all__ = ["Generation", "Keep", "Lens", "LensModel", "LogitLens", "Trace", "TunedLens", "load", "register_source",
+           "register_trace_accessor", "register_trace_method", "resolve_lens", "target_token_ids", "trace", "wrap"]

@@ -9,7 +9,7 @@ applied to that layer's *own* state (never a scale cached from the last layer), 
   logits.
 - All layers x all positions x vocabulary in float32 is gigabytes for a 7B model; rows are processed in chunks
   sized by a byte budget, and only the top-k or the requested targets are kept, so peak extra memory does not
-  grow with ``layers x positions``.
+  grow with ``layers x positions`` (the chunking is shared by every lens: :class:`~vlm_lens.tracing.lens.Lens`).
 
 Example:
     >>> lens = LogitLens(m.adapter)                          # doctest: +SKIP
@@ -18,26 +18,31 @@ Example:
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
 from ..core.errors import VlmLensError
 from ..models.base import Adapter
+from .lens import CHUNK_BYTES, Lens
 
-__all__ = ["LogitLens", "target_token_ids"]
+if TYPE_CHECKING:
+    from .loading import LensModel
 
-#: Default bytes of float32 logits materialised at once (per chunk of rows).
-CHUNK_BYTES = 64 * 2**20
+__all__ = ["CHUNK_BYTES", "LogitLens", "lens_kind", "resolve_lens", "target_token_ids"]
 
 
-class LogitLens:
-    """Decode hidden states through the model's final norm and output head.
+class LogitLens(Lens):
+    """Decode hidden states through the model's final norm and output head (the same for every layer).
 
     Args:
         adapter: The family adapter (gives ``final_norm`` and ``unembed``).
         chunk_bytes: Budget for one chunk of float32 logits.
     """
+
+    name = "logit lens"
+    kind = "logit"
+    layer_dependent = False
 
     def __init__(self, adapter: Adapter, chunk_bytes: int = CHUNK_BYTES) -> None:
         self.adapter = adapter
@@ -45,62 +50,39 @@ class LogitLens:
         weight = next(adapter.output_head.parameters())
         self.device, self.dtype = weight.device, weight.dtype
 
-    @property
-    def vocab_size(self) -> int:
-        return int(self.adapter.output_head.weight.shape[0])
-
     @torch.no_grad()
-    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``[..., d_model]`` raw hidden states -> ``[..., vocab]`` float32 logits (no chunking: small inputs)."""
+    def logits(self, hidden: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+        """``[..., d_model]`` raw hidden states -> ``[..., vocab]`` float32 logits (no chunking: small inputs).
+        ``layer`` is accepted for the :class:`~vlm_lens.tracing.lens.Lens` interface; every layer reads alike."""
         normed = self.adapter.final_norm(hidden.to(device=self.device, dtype=self.dtype))
         return self.adapter.unembed(normed).float()
 
-    def _chunks(self, hidden: torch.Tensor):
-        flat = hidden.reshape(-1, hidden.shape[-1])
-        rows = max(1, self.chunk_bytes // (4 * self.vocab_size))
-        for start in range(0, flat.shape[0], rows):
-            yield start, self.logits(flat[start:start + rows])
 
-    @torch.no_grad()
-    def topk(self, hidden: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-``k`` probabilities and token ids for each row of ``hidden`` (``[..., d_model]``).
+def resolve_lens(lens: Any, model: "LensModel", layers: Sequence[int] | None = None, *,
+                 argument: str = "lens") -> Lens:
+    """The lens a reader uses: the logit lens of ``model`` for None (or ``"logit"``), else ``lens`` itself once
+    :meth:`Lens.check` has accepted it for ``model`` and ``layers``.
 
-        Returns:
-            ``(probs, ids)``, each ``[..., k]``, sorted by decreasing probability; on the CPU.
-        """
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.vocab_size:
-            raise VlmLensError(f"topk={k!r}: expected an integer between 1 and the vocabulary size "
-                               f"({self.vocab_size}).")
-        shape = hidden.shape[:-1]
-        probs = torch.empty(*shape, k).reshape(-1, k)
-        ids = torch.empty(*shape, k, dtype=torch.long).reshape(-1, k)
-        for start, logits in self._chunks(hidden):
-            p, i = torch.softmax(logits, dim=-1).topk(k, dim=-1)
-            probs[start:start + len(p)], ids[start:start + len(p)] = p.cpu(), i.cpu()
-        return probs.reshape(*shape, k), ids.reshape(*shape, k)
+    Raises:
+        VlmLensError: ``lens`` is not a lens, belongs to another model, or cannot read ``layers``.
 
-    @torch.no_grad()
-    def targets(self, hidden: torch.Tensor, token_ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Probability and rank (1 = most probable) of each target token for each row of ``hidden``.
+    Example:
+        >>> resolve_lens(vl.TunedLens.load(folder, m), m, [0, 1]).name         # doctest: +SKIP
+        'tuned lens'
+    """
+    if lens is None or (isinstance(lens, str) and lens == "logit"):
+        return LogitLens(model.adapter)
+    if not isinstance(lens, Lens):
+        raise VlmLensError(f"{argument}={lens!r}: expected None (the logit lens) or a lens object such as "
+                           "vl.TunedLens.load(folder, model) or vl.TunedLens.fit(model, dataset); got "
+                           f"{type(lens).__name__}.")
+    lens.check(model, layers, argument=argument)
+    return lens
 
-        Returns:
-            ``(probs, ranks)``, each ``[..., n_targets]``; on the CPU. A token's rank counts the tokens with a
-            strictly larger logit, plus one.
-        """
-        index = torch.as_tensor(list(token_ids), dtype=torch.long)
-        if index.numel() and (index.min() < 0 or index.max() >= self.vocab_size):
-            raise VlmLensError(f"target token ids {index.tolist()} fall outside the vocabulary [0, {self.vocab_size}).")
-        shape = hidden.shape[:-1]
-        n = len(index)
-        probs = torch.empty(*shape, n).reshape(-1, n)
-        ranks = torch.empty(*shape, n, dtype=torch.long).reshape(-1, n)
-        for start, logits in self._chunks(hidden):
-            local = index.to(logits.device)
-            chosen = logits[:, local]
-            probs[start:start + len(logits)] = torch.softmax(logits, dim=-1)[:, local].cpu()
-            for j in range(n):  # one [rows, vocab] comparison at a time keeps the chunk budget
-                ranks[start:start + len(logits), j] = ((logits > chosen[:, j:j + 1]).sum(-1) + 1).cpu()
-        return probs.reshape(*shape, n), ranks.reshape(*shape, n)
+
+def lens_kind(lens: Any) -> str:
+    """``"logit"`` for None, else the lens's :attr:`Lens.kind` (what runs record and compare)."""
+    return "logit" if lens is None or lens == "logit" else str(getattr(lens, "kind", type(lens).__name__))
 
 
 def target_token_ids(tokenizer, targets: Sequence[str | int]) -> list[int]:

@@ -33,7 +33,8 @@ from safetensors.torch import load_file, save_file
 
 from ..core.errors import VlmLensError
 from ..core.spans import SEGMENTS, Span
-from .logit_lens import LogitLens, target_token_ids
+from .lens import Lens
+from .logit_lens import resolve_lens, target_token_ids
 
 if TYPE_CHECKING:
     from .loading import LensModel
@@ -132,13 +133,15 @@ class Trace:
 
     # ----------------------------------------------------------------------------------------------------- lens
     def lens(self, topk: int = 4, *, layers: Sequence[int] | None = None,
-             positions: Sequence[int] | None = None) -> pd.DataFrame:
-        """Logit lens top-``k`` per layer and position.
+             positions: Sequence[int] | None = None, lens: "Lens | None" = None) -> pd.DataFrame:
+        """Lens top-``k`` per layer and position (the logit lens, or the lens given).
 
         Args:
             topk: Number of candidates per (layer, position).
             layers: Hidden-state indices (default: all kept); 0 is the decoder input.
             positions: Sequence positions (default: the query positions).
+            lens: None for the logit lens, or a lens of this trace's model (e.g. a
+                :class:`~vlm_lens.tracing.tuned_lens.TunedLens`).
 
         Returns:
             DataFrame with columns ``layer, pos, rank, token_id, token, prob`` (rank 1 = most probable).
@@ -146,10 +149,10 @@ class Trace:
         Example:
             >>> t.lens(topk=4, positions=[-1]).query("rank == 1")  # doctest: +SKIP
         """
-        lens, tokenizer = self._lens()
         layers = list(self.layers) if layers is None else list(layers)
+        reader, tokenizer = self._lens(lens, layers)
         positions = self._default_positions(positions)
-        probs, ids = lens.topk(self.hidden_at(positions, layers), topk)
+        probs, ids = reader.topk(self.hidden_at(positions, layers), topk, layers=layers)
         n_layer, n_pos = len(layers), len(positions)
         texts = self.model.adapter.token_texts(ids.reshape(-1).tolist())
         return pd.DataFrame({
@@ -162,8 +165,9 @@ class Trace:
         })
 
     def lens_targets(self, targets: Sequence[str | int], *, layers: Sequence[int] | None = None,
-                     positions: Sequence[int] | None = None) -> pd.DataFrame:
-        """Probability and rank of chosen words at every layer (e.g. the five IQA level words).
+                     positions: Sequence[int] | None = None, lens: "Lens | None" = None) -> pd.DataFrame:
+        """Probability and rank of chosen words at every layer (e.g. the five IQA level words), read through the
+        logit lens or ``lens`` (as :meth:`lens`).
 
         Returns:
             DataFrame with columns ``layer, pos, target, token_id, prob, rank`` (rank 1 = most probable).
@@ -171,11 +175,11 @@ class Trace:
         Example:
             >>> t.lens_targets(["excellent", "good", "fair", "poor", "bad"], positions=[-1])  # doctest: +SKIP
         """
-        lens, tokenizer = self._lens()
-        token_ids = target_token_ids(tokenizer, targets)
         layers = list(self.layers) if layers is None else list(layers)
+        reader, tokenizer = self._lens(lens, layers)
+        token_ids = target_token_ids(tokenizer, targets)
         positions = self._default_positions(positions)
-        probs, ranks = lens.targets(self.hidden_at(positions, layers), token_ids)
+        probs, ranks = reader.targets(self.hidden_at(positions, layers), token_ids, layers=layers)
         n_layer, n_pos, n_target = len(layers), len(positions), len(token_ids)
         return pd.DataFrame({
             "layer": torch.tensor(layers).repeat_interleave(n_pos * n_target).numpy(),
@@ -223,11 +227,13 @@ class Trace:
                    prompt_length=info["prompt_length"], meta=info["meta"], model=model)
 
     # ------------------------------------------------------------------------------------------------ helpers
-    def _lens(self):
+    def _lens(self, lens: "Lens | None" = None, layers: Sequence[int] | None = None) -> tuple["Lens", Any]:
+        """The lens to read ``layers`` with (checked against this trace's model), and the tokenizer."""
         if self.model is None:
-            raise VlmLensError("this Trace has no model attached (it was loaded from disk); the logit lens needs "
+            raise VlmLensError("this Trace has no model attached (it was loaded from disk); the lens needs "
                                "the model's final norm and output head: Trace.load(path, model=vl.load(...)).")
-        return LogitLens(self.model.adapter), self.model.adapter.tokenizer
+        self._layer_rows(layers)  # layers the trace did not keep are said first
+        return resolve_lens(lens, self.model, layers), self.model.adapter.tokenizer
 
     def _default_positions(self, positions: Sequence[int] | None) -> list[int]:
         if positions is None:
