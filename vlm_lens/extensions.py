@@ -4,8 +4,9 @@ before it runs a command.
 Lower layers offer registries and never import upward; each upper layer registers what it adds in its own
 ``extensions`` module (see docs/architecture.md, "Registrations"):
 
+- ``vlm_lens.runs.extensions``: ``TunedLens.fit(model, dataset)`` (fitting streams a dataset like a run);
 - ``vlm_lens.biqa.extensions``: ``t.quality()``, ``t.attention_mass()``, the default analyses of ``run``, the
-  ``"q-align"`` prompt format of mPLUG-Owl2;
+  default prompt of ``TunedLens.fit``, the ``"q-align"`` prompt format of mPLUG-Owl2;
 - ``vlm_lens.plot.extensions``: ``t.plot``;
 - ``vlm_lens.report.extensions``: ``t.report(path)``;
 - ``vlm_lens.zoo.extensions``: ``load("zoo:NAME")``.
@@ -25,8 +26,8 @@ import importlib
 __all__ = ["EXTENSIONS", "register_all"]
 
 #: The modules that register an upper layer's additions, bottom layer first.
-EXTENSIONS = ("vlm_lens.biqa.extensions", "vlm_lens.plot.extensions", "vlm_lens.report.extensions",
-              "vlm_lens.zoo.extensions")
+EXTENSIONS = ("vlm_lens.runs.extensions", "vlm_lens.biqa.extensions", "vlm_lens.plot.extensions",
+              "vlm_lens.report.extensions", "vlm_lens.zoo.extensions")
 
 
 def register_all() -> None:

@@ -2,6 +2,7 @@
 
 - ``t.quality()`` and ``t.attention_mass()`` on every :class:`~vlm_lens.Trace` (the readings of this layer);
 - the analyses ``vl.run`` computes when given none (Q-Align quality with the per-layer lens, attention by segment);
+- the question ``vl.TunedLens.fit`` and the lens-KL analysis ask when given none (Q-Align's);
 - the ``"q-align"`` prompt format of the mPLUG-Owl2 family.
 
 Imported by ``import vlm_lens`` on first use (see docs/architecture.md, "Registrations").
@@ -9,13 +10,16 @@ Imported by ``import vlm_lens`` on first use (see docs/architecture.md, "Registr
 
 from ..models.mplug_owl2.prompts import register_prompt_format
 from ..runs.engine import register_default_analyses
+from ..runs.lens_kl import register_default_prompt
 from ..tracing.record import register_trace_method
 from .attention import attention_mass
 from .evaluation import default_analyses
 from .qalign import QALIGN_FORMAT
 from .quality import quality
+from .vocabulary import QALIGN_PROMPT
 
 register_trace_method("quality", quality)
 register_trace_method("attention_mass", attention_mass)
 register_default_analyses(default_analyses)
+register_default_prompt(QALIGN_PROMPT)
 register_prompt_format(QALIGN_FORMAT)

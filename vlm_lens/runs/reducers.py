@@ -62,6 +62,8 @@ class TraceRequest:
         system: A system prompt, or None.
         hidden: Keep every layer's hidden state at the last ``generate + 1`` positions (for the logit lens).
         attention: Keep attention rows (every layer, at the last prompt position and every response position).
+        all_positions: With ``hidden``, keep every position of prompt and answer (for lens statistics over all
+            positions, and fitting a tuned lens).
     """
 
     prompt: str
@@ -75,6 +77,7 @@ class TraceRequest:
     system: str | None = None
     hidden: bool = False
     attention: bool = False
+    all_positions: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str) or not self.prompt.strip():
@@ -103,7 +106,8 @@ def merge_requests(requests: Sequence[TraceRequest]) -> TraceRequest:
     if len(keys) != 1:
         raise ValueError(f"cannot merge requests that trace different tokens: {keys}")
     return dataclasses.replace(requests[0], hidden=any(r.hidden for r in requests),
-                               attention=any(r.attention for r in requests))
+                               attention=any(r.attention for r in requests),
+                               all_positions=any(r.all_positions for r in requests))
 
 
 def trace_samples(model: "LensModel", images: Sequence[Any], ids: Sequence[str], request: TraceRequest,
@@ -121,7 +125,9 @@ def trace_samples(model: "LensModel", images: Sequence[Any], ids: Sequence[str],
     """
     adapter = model.adapter
     rows = [(i, r) for i in range(len(images)) for r in range(request.repeats)]
-    if request.hidden:
+    if request.hidden and request.all_positions:
+        keep = Keep(attention=request.attention)
+    elif request.hidden:
         keep = Keep(positions=list(range(-(request.generate + 1), 0)), attention=request.attention)
     else:
         keep = Keep(layers=[adapter.n_layers], positions=[-1], attention=request.attention)
