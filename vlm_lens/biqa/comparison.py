@@ -12,7 +12,9 @@ pairwise against the first run (the reference):
 - attention mass per (layer, segment) (mean over heads): Wilcoxon over samples;
 - instability: whether the level changes (McNemar, over images compared in both runs) and its entropy (Wilcoxon).
 
-A run compared with itself gives zero differences and p = 1 everywhere.
+A run compared with itself gives zero differences and p = 1 everywhere. Per-layer readings are compared only between
+runs read through the same kind of lens (the logit lens, or each checkpoint's own tuned lens: ``Quality(lens=...)``);
+``lens=`` says which kind the comparison requires.
 
 Example:
     >>> c = vl.compare({"one-stage": "runs/one-stage", "two-stage": "runs/two-stage"})   # doctest: +SKIP
@@ -36,6 +38,8 @@ from ..runs.stats import correlations, mcnemar, paired_correlations, wilcoxon
 __all__ = ["Comparison", "compare"]
 
 _LENS = ("agree", "kl", "level_mass", "level_agree")
+#: The kinds of lens per-layer readings can be read through (``compare(lens=...)``).
+LENS_KINDS = ("logit", "tuned")
 _BINARY = ("agree", "level_agree")
 
 
@@ -78,12 +82,16 @@ class Comparison:
         return folder
 
 
-def compare(runs: Mapping[str, RunResult | str | Path], *, n_boot: int = 1000, seed: int = 0) -> Comparison:
+def compare(runs: Mapping[str, RunResult | str | Path], *, n_boot: int = 1000, seed: int = 0,
+            lens: str | None = None) -> Comparison:
     """Align runs of several checkpoints on their common samples and test their differences pairwise.
 
     Args:
         runs: Name -> a :class:`~vlm_lens.runs.RunResult` or a run folder; the first is the reference.
         n_boot, seed: Bootstrap resamples and seed for the correlation intervals and paired differences.
+        lens: The lens the per-layer readings must have been read through in every run: ``"logit"`` or ``"tuned"``
+            (each run with its own checkpoint's tuned lens). None: whichever the runs used, when they agree (when
+            they do not, the per-layer tables are left out, with a note).
 
     Returns:
         A :class:`Comparison`.
@@ -91,6 +99,9 @@ def compare(runs: Mapping[str, RunResult | str | Path], *, n_boot: int = 1000, s
     Example:
         >>> vl.compare({"a": run_a, "b": run_b})["layer_differences"].query("p < 0.05")   # doctest: +SKIP
     """
+    if lens is not None and lens not in LENS_KINDS:
+        raise VlmLensError(f"lens={lens!r}: expected one of {', '.join(map(repr, LENS_KINDS))} (the kind of lens the "
+                           "runs' per-layer readings were read through), or None for whichever they used.")
     if not isinstance(runs, Mapping) or len(runs) < 2:
         raise VlmLensError(f"compare() needs a mapping of at least two named runs, e.g. {{'one-stage': 'runs/a', "
                            f"'two-stage': 'runs/b'}}; got {type(runs).__name__} of length "
@@ -108,13 +119,36 @@ def compare(runs: Mapping[str, RunResult | str | Path], *, n_boot: int = 1000, s
     common = _common_ids(loaded, out.notes)
     if _shared(loaded, "quality.samples", out.notes):
         _quality(loaded, common, higher_is_better, n_boot, seed, out)
-    if _shared(loaded, "quality.layer_samples", out.notes):
+    if _shared(loaded, "quality.layer_samples", out.notes) and _same_lens(loaded, lens, out.notes):
         _layers(loaded, common, out)
     if _shared(loaded, "attention.samples", out.notes):
         _attention(loaded, common, out)
     if _shared(loaded, "instability.samples", out.notes):
         _instability(loaded, common, out)
     return out
+
+
+def _lens_of(run: RunResult) -> str | None:
+    """The kind of lens a run's quality analysis read its layers through (None without per-layer readings)."""
+    config = next((a["config"] for a in run.meta.get("analyses", []) if a.get("name") == "quality"), {})
+    chosen = config.get("lens", True)
+    return chosen.get("kind") if isinstance(chosen, dict) else ("logit" if chosen else None)
+
+
+def _same_lens(runs: dict[str, RunResult], lens: str | None, notes: list[str]) -> bool:
+    """Whether the runs' per-layer readings can be compared (one kind of lens, ``lens`` when given)."""
+    kinds = {name: _lens_of(r) for name, r in runs.items()}
+    if lens is not None and any(kind != lens for kind in kinds.values()):
+        other = {name: kind for name, kind in kinds.items() if kind != lens}
+        raise VlmLensError(f"lens={lens!r}: the per-layer readings of {other} were read through another lens; run "
+                           f"those checkpoints again with Quality(lens=...) ({lens} lens), or compare with lens=None.")
+    if len(set(kinds.values())) > 1:
+        notes.append(f"the runs read their layers through different lenses ({kinds}); per-layer tables are left out.")
+        return False
+    kind = next(iter(kinds.values()))
+    if kind not in (None, "logit"):
+        notes.append(f"per-layer tables read through each run's own {kind} lens.")
+    return True
 
 
 def _shared(runs: dict[str, RunResult], table: str, notes: list[str]) -> bool:

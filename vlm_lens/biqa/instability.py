@@ -32,7 +32,8 @@ import torch
 
 from ..core.errors import VlmLensError
 from ..runs.reducers import Reducer, TraceRequest
-from ..tracing.logit_lens import LogitLens
+from ..tracing.lens import Lens
+from ..tracing.logit_lens import resolve_lens
 from .answer import AnswerLayout, level_token_ids, locate
 from .vocabulary import ANSWER_PREFIX, LEVELS, QALIGN_PROMPT
 
@@ -78,9 +79,10 @@ def _entropy_bits(words: list[str]) -> float:
 
 
 def candidate_set(traces: Sequence["Trace"], levels: Sequence[str] = LEVELS, *, topk: int = 5,
-                  answer_prefix: str | None = ANSWER_PREFIX,
-                  layouts: Sequence[AnswerLayout] | None = None) -> pd.DataFrame:
-    """Per layer, how many distinct lens tokens the repeats of one image produce at their predicting positions.
+                  answer_prefix: str | None = ANSWER_PREFIX, layouts: Sequence[AnswerLayout] | None = None,
+                  lens: Lens | None = None) -> pd.DataFrame:
+    """Per layer, how many distinct lens tokens the repeats of one image produce at their predicting positions,
+    read through the logit lens or ``lens`` (e.g. a tuned lens of the traces' model).
 
     Only repeats that generated a level word take part (``n``).
 
@@ -96,7 +98,8 @@ def candidate_set(traces: Sequence["Trace"], levels: Sequence[str] = LEVELS, *, 
     adapter = used[0][0].model.adapter
     layers = list(used[0][0].layers)
     hidden = torch.stack([t.hidden_at([layout.predict_pos], layers)[:, 0] for t, layout in used], 1)
-    probs = torch.softmax(LogitLens(adapter).logits(hidden), -1)  # [layer, repeat, vocab], on the head's device
+    reader = resolve_lens(lens, used[0][0].model, layers)
+    probs = torch.softmax(reader.layer_logits(hidden, layers), -1)  # [layer, repeat, vocab], on the head's device
     top = probs.topk(topk, dim=-1).indices.cpu()  # [layer, repeat, k]
     ids = level_token_ids(adapter.tokenizer, levels)
     return pd.DataFrame({
@@ -118,6 +121,8 @@ class Instability(Reducer):
         generate: Tokens to generate per query (2 covers "{level} ." after the answer prefix).
         levels: Level words.
         topk: Size of the lens candidate sets.
+        lens: The lens the candidate sets are read through (None: the logit lens; e.g. a
+            :class:`~vlm_lens.TunedLens` of the run's model).
 
     Tables: ``samples`` (per image: ``index, id`` + :func:`level_changes`), ``repeats`` (per query: ``index, id,
     repeat, seed, temperature, top_p, level, answer``), ``layer_samples`` (``index, id`` + :func:`candidate_set`),
@@ -135,7 +140,7 @@ class Instability(Reducer):
     def __init__(self, k: int = 5, *, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
                  prompt: str = QALIGN_PROMPT, answer_prefix: str | None = ANSWER_PREFIX, prefill: bool = True,
                  generate: int = 2,
-                 levels: Sequence[str] = LEVELS, topk: int = 5) -> None:
+                 levels: Sequence[str] = LEVELS, topk: int = 5, lens: Lens | None = None) -> None:
         super().__init__()
         if not isinstance(k, int) or k < 2:
             raise VlmLensError(f"k={k!r}: instability needs at least 2 queries per image.")
@@ -144,14 +149,23 @@ class Instability(Reducer):
         self.k, self.temperature, self.top_p, self.seed = k, float(temperature), float(top_p), int(seed)
         self.prompt, self.answer_prefix, self.prefill = prompt, answer_prefix, bool(prefill)
         self.generate = int(generate)
-        self.levels, self.topk = list(levels), topk
+        if lens is not None and not isinstance(lens, Lens):
+            raise VlmLensError(f"lens={lens!r}: expected None (the logit lens) or a lens such as "
+                               f"vl.TunedLens.load(folder, model); got {type(lens).__name__}.")
+        self.levels, self.topk, self.lens = list(levels), topk, lens
         self.request()  # validates the sampling settings now, not at the first batch
 
     def config(self) -> dict[str, Any]:
-        return {"k": self.k, "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
-                "prompt": self.prompt, "answer_prefix": self.answer_prefix, "prefill": self.prefill,
-                "generate": self.generate,
-                "levels": self.levels, "topk": self.topk}
+        config = {"k": self.k, "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
+                  "prompt": self.prompt, "answer_prefix": self.answer_prefix, "prefill": self.prefill,
+                  "generate": self.generate,
+                  "levels": self.levels, "topk": self.topk}
+        if self.lens is not None:  # runs of the logit lens keep the fingerprint they always had
+            config["lens"] = self.lens.describe()
+        return config
+
+    def fresh(self) -> "Instability":
+        return Instability(**{**self.config(), "lens": self.lens})
 
     def request(self) -> TraceRequest:
         return TraceRequest(self.prompt, self.answer_prefix if self.prefill else None, self.generate,
@@ -166,7 +180,7 @@ class Instability(Reducer):
             self.emit("repeats", {**head, "repeat": r, "seed": t.meta.get("seed"),
                                   "temperature": self.temperature, "top_p": self.top_p, "level": layout.level,
                                   "answer": t.answer})
-        table = candidate_set(traces, self.levels, topk=self.topk, layouts=layouts)
+        table = candidate_set(traces, self.levels, topk=self.topk, layouts=layouts, lens=self.lens)
         for record in table.to_dict("records"):
             self.emit("layer_samples", {**head, **record})
 

@@ -34,7 +34,8 @@ import torch
 from ..core.errors import VlmLensError
 from ..runs.reducers import Reducer, TraceRequest
 from ..runs.stats import correlations
-from ..tracing.logit_lens import LogitLens
+from ..tracing.lens import Lens
+from ..tracing.logit_lens import resolve_lens
 from .answer import AnswerLayout, level_token_ids, locate, query_index, tokenizer_of
 from .vocabulary import (
     ANSWER_PREFIX,
@@ -119,8 +120,10 @@ def _quality_row(trace: "Trace", layout: AnswerLayout, levels: Sequence[str], we
 
 
 def lens_by_layer(trace: "Trace", levels: Sequence[str] = LEVELS, *, answer_prefix: str | None = ANSWER_PREFIX,
-                  layers: Sequence[int] | None = None, layout: AnswerLayout | None = None) -> pd.DataFrame:
-    """Per layer, the logit lens at the predicting position against the model's final distribution there.
+                  layers: Sequence[int] | None = None, layout: AnswerLayout | None = None,
+                  lens: Lens | None = None) -> pd.DataFrame:
+    """Per layer, the logit lens (or ``lens``, e.g. a tuned lens) at the predicting position against the model's
+    final distribution there.
 
     Returns:
         DataFrame with columns ``layer, top1_id, top1, agree, kl, level_mass, level, level_agree``; empty when the
@@ -134,7 +137,7 @@ def lens_by_layer(trace: "Trace", levels: Sequence[str] = LEVELS, *, answer_pref
                            "Trace.load(path, model=...).")
     ids = level_token_ids(trace.model.adapter.tokenizer, levels)
     layout = layout or locate(trace, levels, answer_prefix, level_ids=ids)
-    return pd.DataFrame(_lens_tables([trace], [layout], levels, ids, layers)[0])
+    return pd.DataFrame(_lens_tables([trace], [layout], levels, ids, layers, lens)[0])
 
 
 _LENS_COLUMNS = ("layer", "top1_id", "top1", "agree", "kl", "level_mass", "level", "level_agree")
@@ -143,27 +146,27 @@ LENS_CHUNK_BYTES = 64 * 2**20
 
 
 def _lens_tables(traces: Sequence["Trace"], layouts: Sequence[AnswerLayout], levels: Sequence[str], ids: list[int],
-                 layers: Sequence[int] | None = None) -> list[dict[str, list]]:
+                 layers: Sequence[int] | None = None, lens: Lens | None = None) -> list[dict[str, list]]:
     """The columns of :func:`lens_by_layer` for each trace (empty without a level), for many traces at once: one
     output-head product and one log-softmax per chunk of samples instead of per sample. The traces must keep the
-    same hidden layers (as the traces of one run do)."""
+    same hidden layers (as the traces of one run do); ``lens`` reads them (None: the logit lens)."""
     out = [{c: [] for c in _LENS_COLUMNS} for _ in traces]
     used = [k for k, layout in enumerate(layouts) if layout.has_level]
     if not used:
         return out
     adapter = traces[used[0]].model.adapter
     layers = list(traces[used[0]].layers) if layers is None else list(layers)
-    lens_model = LogitLens(adapter)
-    chunk = max(1, LENS_CHUNK_BYTES // (8 * len(layers) * lens_model.vocab_size))
+    reader = resolve_lens(lens, traces[used[0]].model, layers)
+    chunk = max(1, LENS_CHUNK_BYTES // (8 * len(layers) * reader.vocab_size))
     for start in range(0, len(used), chunk):
         part = used[start:start + chunk]
         hidden = torch.stack([traces[k].hidden_at([layouts[k].predict_pos], layers)[:, 0] for k in part])
-        lens = lens_model.logits(hidden).double()  # [sample, layer, vocab], on the output head's device
-        final = torch.stack([_logits_at(traces[k], layouts[k].predict_pos) for k in part]).to(lens).double()
-        log_lens, log_final = torch.log_softmax(lens, -1), torch.log_softmax(final, -1)
+        read = reader.layer_logits(hidden, layers, dim=1).double()  # [sample, layer, vocab], on the head's device
+        final = torch.stack([_logits_at(traces[k], layouts[k].predict_pos) for k in part]).to(read).double()
+        log_lens, log_final = torch.log_softmax(read, -1), torch.log_softmax(final, -1)
         kl = (log_final.exp()[:, None] * (log_final[:, None] - log_lens)).sum(-1).clamp(min=0.0)
-        top1 = lens.argmax(-1)
-        level_index = lens[..., ids].argmax(-1)
+        top1 = read.argmax(-1)
+        level_index = read[..., ids].argmax(-1)
         agree = top1 == final.argmax(-1, keepdim=True)
         level_agree = level_index == final[:, ids].argmax(-1, keepdim=True)
         level_mass = log_lens[..., ids].exp().sum(-1)
@@ -191,7 +194,8 @@ class Quality(Reducer):
             generated (e.g. a description, then "The quality of the image is {level}.").
         generate: Tokens to generate (0: Q-Align style, read the prompt's last position).
         good_poor: The two words of the good/poor score.
-        lens: Also compute :func:`lens_by_layer` per sample.
+        lens: Also compute :func:`lens_by_layer` per sample: True through the logit lens, or a lens of the run's
+            model (e.g. a :class:`~vlm_lens.TunedLens`) to read the layers through; False for none.
         n_boot, seed: Bootstrap resamples and seed of the confidence intervals.
 
     Tables: ``samples`` (one row per sample: ``index, id, mos`` + the columns of :func:`quality`),
@@ -209,19 +213,27 @@ class Quality(Reducer):
 
     def __init__(self, levels: Sequence[str] = LEVELS, weights: Sequence[float] = WEIGHTS, *,
                  prompt: str = QALIGN_PROMPT, answer_prefix: str | None = ANSWER_PREFIX, prefill: bool = True,
-                 generate: int = 0, good_poor: Sequence[str] = GOOD_POOR, lens: bool = True, n_boot: int = 1000,
-                 seed: int = 0) -> None:
+                 generate: int = 0, good_poor: Sequence[str] = GOOD_POOR, lens: bool | Lens = True,
+                 n_boot: int = 1000, seed: int = 0) -> None:
         super().__init__()
         _check_levels(levels, weights)
         self.levels, self.weights = list(levels), [float(w) for w in weights]
         self.prompt, self.answer_prefix, self.prefill = prompt, answer_prefix, bool(prefill)
         self.generate = int(generate)
+        if not isinstance(lens, (bool, Lens)):
+            raise VlmLensError(f"lens={lens!r}: expected True (the logit lens), False (no per-layer readings) or a "
+                               f"lens such as vl.TunedLens.load(folder, model); got {type(lens).__name__}.")
+        self.reader = lens if isinstance(lens, Lens) else None
         self.good_poor, self.lens, self.n_boot, self.seed = list(good_poor), bool(lens), int(n_boot), int(seed)
 
     def config(self) -> dict[str, Any]:
         return {"levels": self.levels, "weights": self.weights, "prompt": self.prompt,
                 "answer_prefix": self.answer_prefix, "prefill": self.prefill, "generate": self.generate,
-                "good_poor": self.good_poor, "lens": self.lens, "n_boot": self.n_boot, "seed": self.seed}
+                "good_poor": self.good_poor, "lens": self.reader.describe() if self.reader is not None else self.lens,
+                "n_boot": self.n_boot, "seed": self.seed}
+
+    def fresh(self) -> "Quality":
+        return Quality(**{**self.config(), "lens": self.reader if self.reader is not None else self.lens})
 
     def request(self) -> TraceRequest:
         return TraceRequest(self.prompt, self.answer_prefix if self.prefill else None, self.generate,
@@ -239,7 +251,7 @@ class Quality(Reducer):
         tokenizer = first[0].model.adapter.tokenizer
         ids, pair = level_token_ids(tokenizer, self.levels), level_token_ids(tokenizer, self.good_poor)
         layouts = [locate(t, self.levels, self.answer_prefix, tokenizer=tokenizer, level_ids=ids) for t in first]
-        lens = _lens_tables(first, layouts, self.levels, ids) if self.lens else []
+        lens = _lens_tables(first, layouts, self.levels, ids, lens=self.reader) if self.lens else []
         for k, (sample, trace, layout) in enumerate(zip(samples, first, layouts)):
             head = {"index": sample.index, "id": sample.id}
             row = _quality_row(trace, layout, self.levels, self.weights, ids, pair)
