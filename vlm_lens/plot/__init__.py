@@ -14,7 +14,11 @@ notebooks alike). ``path=`` or :func:`save` writes PNG, SVG or PDF by suffix.
 :func:`attention_mass` that attention summed by segment, per layer (stacked area)
 :func:`patch_overlay`  attention or lens probability laid over the image's patch grid
 :func:`compare`        any of the above for two traces, one shared scale, plus a difference panel
+:func:`lens_kl`        KL to the model's output per layer, logit lens vs tuned lens (of a lens or a run's table)
 =====================  ========================================================================================
+
+Every lens figure takes ``lens=``: None for the logit lens, or a lens of the trace's model (a
+:class:`~vlm_lens.TunedLens`); its title names the lens.
 
 And of a dataset run's attention analysis (means over samples; a RunResult, its folder, or the table):
 
@@ -46,6 +50,7 @@ from .attention import (
            patch_overlay,
 )
 from .latent import draw_grid, latent_output
+from .lens_kl import draw_lens_kl, lens_kl
 from .pairs import compare
 from .run_figures import (
            compare_runs,
@@ -57,6 +62,6 @@ from .style import save
 from .topk import draw_target_words, draw_topk, target_words, topk
 
 __all__ = ["TracePlots", "attention", "attention_mass", "compare", "compare_runs", "draw_attention",
-           "draw_attention_mass", "draw_grid", "draw_patch_grids", "draw_target_words", "draw_topk", "latent_output",
-           "patch_overlay", "run_attention_mass", "run_image_profile", "run_patch_grid", "save", "target_words",
-           "topk"]
+           "draw_attention_mass", "draw_grid", "draw_lens_kl", "draw_patch_grids", "draw_target_words", "draw_topk",
+           "latent_output", "lens_kl", "patch_overlay", "run_attention_mass", "run_image_profile", "run_patch_grid",
+           "save", "target_words", "topk"]

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
+    from ..tracing.lens import Lens
     from ..tracing.record import Trace
 
 __all__ = ["attention", "attention_mass", "draw_attention", "draw_attention_mass", "draw_patch_grids",
@@ -196,7 +197,7 @@ def draw_attention_mass(ax: "Axes", table: pd.DataFrame) -> None:
 def patch_overlay(trace: "Trace", query: int | None = None, *, value: str = "attention", layer: int = -1,
                   heads: str | int | Sequence[int] = "mean", target: str | int | None = None, image: Any = None,
                   image_index: int = 0, crop: str = "auto", alpha: float = 0.6, cmap: str = "inferno",
-                  path: str | Path | None = None) -> "Figure":
+                  lens: "Lens | None" = None, path: str | Path | None = None) -> "Figure":
     """One value per image token laid over the image's patch grid: a query's attention, or the lens probability.
 
     Args:
@@ -214,6 +215,7 @@ def patch_overlay(trace: "Trace", query: int | None = None, *, value: str = "att
         crop: How the base grid covers the picture: ``"center"`` (a centre square: LLaVA-1.5's CLIP processor),
             ``"none"`` (the whole picture, squeezed: LLaVA-NeXT's base view) or ``"auto"`` (by family).
         alpha: Opacity of the overlay.
+        lens: For ``value="lens"``: None for the logit lens, or a lens of the trace's model (e.g. a tuned lens).
         path: Also save the figure there.
 
     Returns:
@@ -224,7 +226,7 @@ def patch_overlay(trace: "Trace", query: int | None = None, *, value: str = "att
         >>> fig = patch_overlay(t, value="lens", target="blurry", layer=12)      # doctest: +SKIP
     """
     grids, title = patch_data(trace, query, value=value, layer=layer, heads=heads, target=target,
-                              image_index=image_index)
+                              image_index=image_index, lens=lens)
     picture = _picture(trace, image, image_index)
     crop = ("center" if trace.meta.get("family") == "llava" else "none") if crop == "auto" else crop
     with style():
@@ -241,7 +243,8 @@ def patch_overlay(trace: "Trace", query: int | None = None, *, value: str = "att
 
 
 def patch_data(trace: "Trace", query: int | None = None, *, value: str = "attention", layer: int = -1,
-               heads="mean", target=None, image_index: int = 0) -> tuple[list[tuple[str, np.ndarray]], str]:
+               heads="mean", target=None, image_index: int = 0,
+               lens: "Lens | None" = None) -> tuple[list[tuple[str, np.ndarray]], str]:
     """The ``[(block, [rows, cols])]`` grids and a title that :func:`patch_overlay` draws."""
     from ..core.errors import VlmLensError
 
@@ -262,12 +265,13 @@ def patch_data(trace: "Trace", query: int | None = None, *, value: str = "attent
         span = spans[image_index]
         positions = list(range(span.start, span.stop))
         if target is None:
-            table, what = trace.lens(topk=1, positions=positions, layers=[chosen]), "p(top-1)"
+            table, what = trace.lens(topk=1, positions=positions, layers=[chosen], lens=lens), "p(top-1)"
         else:
-            table, what = trace.lens_targets([target], positions=positions, layers=[chosen]), f"p({target!r})"
+            table = trace.lens_targets([target], positions=positions, layers=[chosen], lens=lens)
+            what = f"p({target!r})"
         row = np.zeros(n)
         row[table["pos"].to_numpy()] = table["prob"].to_numpy()
-        title = f"logit lens {what} of each image token, layer {chosen}"
+        title = f"{trace_data.lens_name(lens)} {what} of each image token, layer {chosen}"
     else:
         raise VlmLensError(f"value={value!r}: expected 'attention' or 'lens'.")
     return trace_data.patch_grids(trace, row, image_index), title

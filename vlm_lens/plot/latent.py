@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
 
+    from ..tracing.lens import Lens
     from ..tracing.record import Trace
 
 __all__ = ["draw_grid", "latent_output"]
@@ -34,7 +35,7 @@ __all__ = ["draw_grid", "latent_output"]
 def latent_output(trace: "Trace", *, positions: Sequence[int] | str | None = None, context: int = 4,
                   layers: Sequence[int] | None = None, color: str | int = "top1", image_tokens: str = "collapse",
                   max_columns: int = 40, max_label: int = 8, cmap: str = "viridis", vmax: float | None = None,
-                  path: str | Path | None = None) -> "Figure":
+                  lens: "Lens | None" = None, path: str | Path | None = None) -> "Figure":
     """Latent-output heatmap: layers x positions, the lens top-1 token written into each cell.
 
     Args:
@@ -51,6 +52,8 @@ def latent_output(trace: "Trace", *, positions: Sequence[int] | str | None = Non
         max_label: Longest token text written, in characters (elided with ``…``).
         cmap: Colormap of the probabilities.
         vmax: Top of the colour scale (default: the largest value shown).
+        lens: The lens the layers are read through: None for the logit lens, or a lens of the trace's model (e.g.
+            a :class:`~vlm_lens.TunedLens`); the title names it.
         path: Also save the figure there (``.png``, ``.svg`` or ``.pdf``).
 
     Returns:
@@ -60,14 +63,14 @@ def latent_output(trace: "Trace", *, positions: Sequence[int] | str | None = Non
         >>> fig = latent_output(t, positions="response", context=4, color="final")   # doctest: +SKIP
     """
     grid = latent_data(trace, positions=positions, context=context, layers=layers, color=color,
-                       image_tokens=image_tokens, max_columns=max_columns)
+                       image_tokens=image_tokens, max_columns=max_columns, lens=lens)
     with style():
         fig = _figure_for(grid, panels=1)
         ax = fig.add_subplot()
         mesh = draw_grid(ax, grid, norm=_norm(vmax if vmax is not None else _top(grid.values)), cmap=cmap,
                          max_label=max_label)
         ax.set_label("latent_output")
-        ax.set_title("logit lens: top-1 token per layer" + (f"\n{grid.note}" if grid.note else ""))
+        ax.set_title(f"{trace_data.lens_name(lens)}: top-1 token per layer" + (f"\n{grid.note}" if grid.note else ""))
         fig.colorbar(mesh, ax=ax, label=grid.label, shrink=0.9)
     if path is not None:
         save(fig, path)
@@ -75,11 +78,11 @@ def latent_output(trace: "Trace", *, positions: Sequence[int] | str | None = Non
 
 
 def latent_data(trace: "Trace", *, positions=None, context: int = 4, layers=None, color="top1",
-                image_tokens: str = "collapse", max_columns: int = 40) -> "trace_data.Grid":
+                image_tokens: str = "collapse", max_columns: int = 40, lens: "Lens | None" = None) -> "trace_data.Grid":
     """The :class:`~vlm_lens.plot.trace_data.Grid` :func:`latent_output` draws (for comparisons and custom figures)."""
     chosen = trace_data.select_positions(trace, positions, context)
     columns, note = trace_data.window(trace_data.build_columns(trace, chosen, image_tokens), max_columns)
-    grid = trace_data.latent_grid(trace, chosen, columns, trace_data.lens_layers(trace, layers), color)
+    grid = trace_data.latent_grid(trace, chosen, columns, trace_data.lens_layers(trace, layers), color, lens)
     grid.note = note
     return grid
 

@@ -55,7 +55,8 @@ def compare(a: "Trace", b: "Trace", figure: str = "latent_output", *, names: tup
         path: Also save the figure there.
         **kwargs: Options of the single-trace figure (``positions=``, ``query=``, ``words=``, ``layer=``, ...).
             ``position=`` and ``query=`` may be a pair ``(for a, for b)``: two answers of different lengths put
-            the same word at different positions.
+            the same word at different positions. ``lens=`` too, and it usually is: two checkpoints are read
+            through their own tuned lenses, ``lens=(lens_a, lens_b)``.
 
     Returns:
         The Figure. Panel Axes are labelled ``"<figure>:<name>"`` and the difference ``"<figure>:difference"``.
@@ -79,14 +80,14 @@ Where = Union[int, "tuple[int, int]", None]
 
 
 def _each(value: Any, i: int) -> Any:
-    """A ``position=`` / ``query=`` given once for both traces, or as a pair ``(for a, for b)``."""
+    """A ``position=`` / ``query=`` / ``lens=`` given once for both traces, or as a pair ``(for a, for b)``."""
     return value[i] if isinstance(value, tuple) else value
 
 
 # ----------------------------------------------------------------------------------------------------- figures
 def _latent(a, b, names, difference, *, vmax: float | None = None, cmap: str = "viridis", max_label: int = 8,
-            max_columns: int = 16, **kwargs) -> "Figure":
-    ga, gb = (latent_data(t, max_columns=max_columns, **kwargs) for t in (a, b))
+            max_columns: int = 16, lens=None, **kwargs) -> "Figure":
+    ga, gb = (latent_data(t, max_columns=max_columns, lens=_each(lens, i), **kwargs) for i, t in enumerate((a, b)))
     aligned = ga.layers == gb.layers and [c.label for c in ga.columns] == [c.label for c in gb.columns]
     diff = want_difference(difference, aligned, "different layers or tokens")
     top = vmax if vmax is not None else max(float(ga.values.max()), float(gb.values.max()))
@@ -104,18 +105,19 @@ def _latent(a, b, names, difference, *, vmax: float | None = None, cmap: str = "
         axes[2].set_title(f"{names[1]} − {names[0]}")
         axes[2].set_label("latent_output:difference")
         fig.colorbar(dmesh, ax=axes[2], label="difference", shrink=0.85, location="bottom")
-    fig.suptitle("logit lens: top-1 token per layer")
+    fig.suptitle(f"{trace_data.lens_name(_each(lens, 0))}: top-1 token per layer")
     return fig
 
 
 def _topk(a, b, names, difference, *, position: Where = None, k: int = 5, layers=None, layer_range=None,
-          max_layers: int = 40, max_label: int = 10) -> "Figure":
+          max_layers: int = 40, max_label: int = 10, lens=None) -> "Figure":
     if difference is True:
         raise VlmLensError("difference=True: top-k candidates have no difference panel (the candidates differ).")
     tables = []
     for i, t in enumerate((a, b)):
         p = trace_data.default_position(t) if _each(position, i) is None else trace_data.resolve(t, _each(position, i))
-        tables.append(trace_data.topk_table(t, p, k, trace_data.lens_layers(t, layers, layer_range, most=max_layers)))
+        tables.append(trace_data.topk_table(t, p, k, trace_data.lens_layers(t, layers, layer_range, most=max_layers),
+                                            _each(lens, i)))
     top = max(float(table["prob"].max()) for table, _, _ in tables)
     n_layers = max(table["layer"].nunique() for table, _, _ in tables)
     fig, axes = side_by_side(2, 1.45 * k, 1.3 + 0.27 * n_layers, sharey=False)
@@ -127,11 +129,11 @@ def _topk(a, b, names, difference, *, position: Where = None, k: int = 5, layers
 
 
 def _target_words(a, b, names, difference, *, words=tuple(LEVELS), position: Where = None, layers=None,
-                  value: str = "prob", log: bool = False) -> "Figure":
+                  value: str = "prob", log: bool = False, lens=None) -> "Figure":
     tables = []
     for i, t in enumerate((a, b)):
         p = trace_data.default_position(t) if _each(position, i) is None else trace_data.resolve(t, _each(position, i))
-        tables.append(trace_data.targets_table(t, words, p, trace_data.lens_layers(t, layers)))
+        tables.append(trace_data.targets_table(t, words, p, trace_data.lens_layers(t, layers), _each(lens, i)))
     ta, tb = tables
     aligned = ta["layer"].tolist() == tb["layer"].tolist() and ta["target"].tolist() == tb["target"].tolist()
     diff = want_difference(difference, aligned, "different layers")
@@ -219,9 +221,9 @@ def _attention_mass(a, b, names, difference, *, query: Where = None, heads="mean
 
 def _patch_overlay(a, b, names, difference, *, query: Where = None, value: str = "attention",
                    layer: int = -1, heads="mean", target=None, image: Any = None, image_index: int = 0,
-                   crop: str = "auto", alpha: float = 0.6, cmap: str = "inferno") -> "Figure":
+                   crop: str = "auto", alpha: float = 0.6, cmap: str = "inferno", lens=None) -> "Figure":
     data = [patch_data(t, _each(query, i), value=value, layer=layer, heads=heads, target=target,
-                       image_index=image_index) for i, t in enumerate((a, b))]
+                       image_index=image_index, lens=_each(lens, i)) for i, t in enumerate((a, b))]
     (ga, title), (gb, _) = data
     aligned = [(n, g.shape) for n, g in ga] == [(n, g.shape) for n, g in gb]
     diff = want_difference(difference, aligned, "different patch grids")

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
+    from ..tracing.lens import Lens
     from ..tracing.record import Trace
 
 __all__ = ["LEVELS", "draw_target_words", "draw_topk", "target_words", "topk"]
@@ -35,7 +36,7 @@ __all__ = ["LEVELS", "draw_target_words", "draw_topk", "target_words", "topk"]
 
 def topk(trace: "Trace", position: int | None = None, *, k: int = 5, layers: Sequence[int] | None = None,
          layer_range: tuple[int, int] | None = None, max_layers: int = 40, max_label: int = 10,
-         path: str | Path | None = None) -> "Figure":
+         lens: "Lens | None" = None, path: str | Path | None = None) -> "Figure":
     """Top-``k`` lens candidates per layer at one position, the final output token highlighted.
 
     Args:
@@ -45,6 +46,7 @@ def topk(trace: "Trace", position: int | None = None, *, k: int = 5, layers: Seq
         layers: Hidden-state indices to show; or ``layer_range=(first, last)``, inclusive.
         max_layers: Without ``layers``/``layer_range``, deeper models show every n-th layer (and the last).
         max_label: Longest token text written, in characters.
+        lens: None for the logit lens, or a lens of the trace's model (e.g. a :class:`~vlm_lens.TunedLens`).
         path: Also save the figure there.
 
     Returns:
@@ -55,13 +57,13 @@ def topk(trace: "Trace", position: int | None = None, *, k: int = 5, layers: Seq
     """
     position = trace_data.default_position(trace) if position is None else trace_data.resolve(trace, position)
     chosen = trace_data.lens_layers(trace, layers, layer_range, most=max_layers)
-    table, final_id, final = trace_data.topk_table(trace, position, k, chosen)
+    table, final_id, final = trace_data.topk_table(trace, position, k, chosen, lens)
     given = trace.tokens["text"].iloc[position]
     with style():
         fig = new_figure(1.2 + 1.45 * k, 1.3 + 0.27 * len(chosen))
         ax = fig.add_subplot()
         draw_topk(ax, table, final_id, max_label=max_label)
-        ax.set_title(f"logit lens top-{k} at position {position} (input {token_label(given, 16)!r}); "
+        ax.set_title(f"{trace_data.lens_name(lens)} top-{k} at position {position} (input {token_label(given, 16)!r}); "
                      f"final output {token_label(final, 16)!r} highlighted")
     if path is not None:
         save(fig, path)
@@ -100,7 +102,7 @@ def draw_topk(ax: "Axes", table: pd.DataFrame, final_id: int | None, *, max_labe
 
 def target_words(trace: "Trace", words: Sequence[str | int] = tuple(LEVELS), position: int | None = None, *,
                  layers: Sequence[int] | None = None, value: str = "prob", log: bool = False,
-                 path: str | Path | None = None) -> "Figure":
+                 lens: "Lens | None" = None, path: str | Path | None = None) -> "Figure":
     """Probability (or rank) of chosen words at every layer, one line per word.
 
     Args:
@@ -110,6 +112,7 @@ def target_words(trace: "Trace", words: Sequence[str | int] = tuple(LEVELS), pos
         layers: Hidden-state indices (default: every kept layer).
         value: ``"prob"`` or ``"rank"`` (1 = most probable; drawn on a log axis, best at the top).
         log: Log-scale the probability axis.
+        lens: None for the logit lens, or a lens of the trace's model (e.g. a :class:`~vlm_lens.TunedLens`).
         path: Also save the figure there.
 
     Returns:
@@ -119,12 +122,13 @@ def target_words(trace: "Trace", words: Sequence[str | int] = tuple(LEVELS), pos
         >>> fig = target_words(t, ["good", "poor"], value="rank")                 # doctest: +SKIP
     """
     position = trace_data.default_position(trace) if position is None else trace_data.resolve(trace, position)
-    table = trace_data.targets_table(trace, words, position, trace_data.lens_layers(trace, layers))
+    table = trace_data.targets_table(trace, words, position, trace_data.lens_layers(trace, layers), lens)
     with style():
         fig = new_figure(5.2, 3.2)
         ax = fig.add_subplot()
         draw_target_words(ax, table, value=value, log=log)
-        ax.set_title(f"target words across layers at position {position}")
+        ax.set_title(f"target words across layers at position {position}"
+                     + (f" ({trace_data.lens_name(lens)})" if lens is not None else ""))
     if path is not None:
         save(fig, path)
     return fig

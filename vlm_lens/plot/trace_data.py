@@ -27,6 +27,7 @@ from ..core.spans import SEGMENTS
 from .style import token_label
 
 if TYPE_CHECKING:
+    from ..tracing.lens import Lens
     from ..tracing.record import Trace
 
 IMAGE_MODES = ("collapse", "band", "full", "hide")
@@ -238,24 +239,25 @@ def lens_layers(trace: "Trace", layers: Sequence[int] | None, layer_range: tuple
 
 
 def latent_grid(trace: "Trace", positions: list[int], columns: list[Column], layers: list[int],
-                color: str | int) -> Grid:
-    """Top-1 lens token per (layer, column), coloured by ``color``: ``"top1"``, ``"final"`` or a target word."""
+                color: str | int, lens: "Lens | None" = None) -> Grid:
+    """Top-1 lens token per (layer, column), coloured by ``color``: ``"top1"``, ``"final"`` or a target word; read
+    through the logit lens or ``lens``."""
     wanted = sorted({p for c in columns for p in c.positions})
-    top = trace.lens(topk=1, positions=wanted, layers=layers)
+    top = trace.lens(topk=1, positions=wanted, layers=layers, lens=lens)
     words = top.pivot(index="layer", columns="pos", values="token").loc[layers, wanted]
     if color == "top1":
         probs, label = top.pivot(index="layer", columns="pos", values="prob").loc[layers, wanted], "p(top-1 token)"
     elif color == "final":
         last = max(trace.layers)
-        final = trace.lens(topk=1, positions=wanted, layers=[last]).set_index("pos")["token_id"]
+        final = trace.lens(topk=1, positions=wanted, layers=[last], lens=lens).set_index("pos")["token_id"]
         parts = []
         for token_id, group in final.groupby(final):
-            table = trace.lens_targets([int(token_id)], positions=group.index.tolist(), layers=layers)
+            table = trace.lens_targets([int(token_id)], positions=group.index.tolist(), layers=layers, lens=lens)
             parts.append(table)
         probs = pd.concat(parts).pivot(index="layer", columns="pos", values="prob").loc[layers, wanted]
         label = f"p(final token) (top-1 of layer {last})"
     else:
-        table = trace.lens_targets([color], positions=wanted, layers=layers)
+        table = trace.lens_targets([color], positions=wanted, layers=layers, lens=lens)
         probs, label = table.pivot(index="layer", columns="pos", values="prob").loc[layers, wanted], f"p({color!r})"
     values = np.zeros((len(layers), len(columns)))
     cells = [["" for _ in columns] for _ in layers]
@@ -270,16 +272,23 @@ def latent_grid(trace: "Trace", positions: list[int], columns: list[Column], lay
     return Grid(values, list(layers), columns, cells, label)
 
 
-def topk_table(trace: "Trace", position: int, k: int, layers: list[int]) -> tuple[pd.DataFrame, int, str]:
+def topk_table(trace: "Trace", position: int, k: int, layers: list[int],
+               lens: "Lens | None" = None) -> tuple[pd.DataFrame, int, str]:
     """The lens top-``k`` at ``position`` for ``layers``, and the id and text of the model's final output token
     there (the top-1 of the last kept layer: the model's own output when every layer was kept)."""
-    table = trace.lens(topk=k, positions=[position], layers=layers)
-    final = trace.lens(topk=1, positions=[position], layers=[max(trace.layers)])
+    table = trace.lens(topk=k, positions=[position], layers=layers, lens=lens)
+    final = trace.lens(topk=1, positions=[position], layers=[max(trace.layers)], lens=lens)
     return table, int(final["token_id"].iloc[0]), str(final["token"].iloc[0])
 
 
-def targets_table(trace: "Trace", words: Sequence[str | int], position: int, layers: list[int]) -> pd.DataFrame:
-    return trace.lens_targets(list(words), positions=[position], layers=layers)
+def targets_table(trace: "Trace", words: Sequence[str | int], position: int, layers: list[int],
+                  lens: "Lens | None" = None) -> pd.DataFrame:
+    return trace.lens_targets(list(words), positions=[position], layers=layers, lens=lens)
+
+
+def lens_name(lens: "Lens | None") -> str:
+    """What a figure calls the lens it was read through: ``"logit lens"`` (None) or the lens's name."""
+    return "logit lens" if lens is None else str(getattr(lens, "name", "lens"))
 
 
 # -------------------------------------------------------------------------------------------------- attention

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 from ..core.errors import VlmLensError
 
 if TYPE_CHECKING:
+    from ..tracing.lens import Lens
     from ..tracing.record import Trace
 
 __all__ = ["write_report"]
@@ -54,7 +55,8 @@ CAPTIONS = {
 
 def write_report(trace: "Trace", path: str | Path, *, topk: int = 5, positions: Sequence[int] | None = None,
                  targets: Sequence[str | int] | None = None, image: Any = None, figures: bool | Mapping = True,
-                 title: str | None = None, max_image_positions: int = 256, dpi: int = 110) -> Path:
+                 title: str | None = None, max_image_positions: int = 256, dpi: int = 110,
+                 lens: "Lens | None" = None) -> Path:
     """Write ``trace`` as one self-contained HTML file.
 
     Args:
@@ -72,6 +74,8 @@ def write_report(trace: "Trace", path: str | Path, *, topk: int = 5, positions: 
         title: Page title (default: from the model name).
         max_image_positions: See ``positions``.
         dpi: Resolution of the embedded figures.
+        lens: The lens the page's top-k tables and lens figures read the layers through: None for the logit lens,
+            or a lens of the trace's model (e.g. a :class:`~vlm_lens.TunedLens`); the page names it.
 
     Returns:
         The path written.
@@ -85,15 +89,15 @@ def write_report(trace: "Trace", path: str | Path, *, topk: int = 5, positions: 
     if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
         raise VlmLensError(f"topk={topk!r}: expected an integer >= 1.")
     notes: list[str] = []
-    data = _data(trace, topk, positions, max_image_positions, notes)
+    data = _data(trace, topk, positions, max_image_positions, notes, lens)
     if isinstance(figures, Mapping):
-        parts = [[(name, CAPTIONS.get(name, ""), _png(fig, dpi)) for name, fig in figures.items()]]
+        parts = [[(name, _caption(name, lens), _png(fig, dpi)) for name, fig in figures.items()]]
     else:
-        parts = [_figures(trace, targets, topk, dpi, notes)] if figures else []
+        parts = [_figures(trace, targets, topk, dpi, notes, lens)] if figures else []
     pictures = _pictures(trace, image)
     name = str(trace.meta.get("model", "")) or "a model"
     title = title or f"vlm_lens trace: {Path(name).name or name}"
-    body = _body(trace, title, pictures, parts[0] if parts else [], notes)
+    body = _body(trace, title, pictures, parts[0] if parts else [], notes, _lens_title(lens))
     page = TEMPLATE.read_text(encoding="utf-8")
     page = (page.replace("__VLM_LENS_TITLE__", html.escape(title))
                 .replace("__VLM_LENS_BODY__", body)
@@ -104,7 +108,8 @@ def write_report(trace: "Trace", path: str | Path, *, topk: int = 5, positions: 
 
 
 # ---------------------------------------------------------------------------------------------------------- data
-def _data(trace: "Trace", k: int, positions: Sequence[int] | None, max_image: int, notes: list[str]) -> dict:
+def _data(trace: "Trace", k: int, positions: Sequence[int] | None, max_image: int, notes: list[str],
+          lens: "Lens | None" = None) -> dict:
     tokens = trace.tokens
     segments = tokens["segment"].tolist()
     kept = set(int(p) for p in trace.positions.tolist())
@@ -124,7 +129,7 @@ def _data(trace: "Trace", k: int, positions: Sequence[int] | None, max_image: in
         lens_note = "no lens: this trace has no model attached (Trace.load(path, model=vl.load(...)))."
         notes.append(lens_note)
     elif wanted:
-        table = trace.lens(topk=k, positions=wanted)
+        table = trace.lens(topk=k, positions=wanted, lens=lens)
         for pos, rows in table.groupby("pos", sort=True):
             per_layer = [[[str(tok), round(float(p), 5)] for tok, p in zip(g["token"], g["prob"])]
                          for _, g in rows.groupby("layer", sort=True)]
@@ -147,23 +152,25 @@ def _json_for_script(data: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------ figures
-def _figures(trace: "Trace", targets, k: int, dpi: int, notes: list[str]) -> list[tuple[str, str, str]]:
+def _figures(trace: "Trace", targets, k: int, dpi: int, notes: list[str],
+             lens: "Lens | None" = None) -> list[tuple[str, str, str]]:
     from .. import plot
 
     has_lens, has_attention = trace.model is not None, trace.attention is not None
     spatial = any(span.layout for span in trace.image_spans)
     wanted: list[tuple[str, Callable[[], Any]]] = []
     if has_lens:
-        wanted += [("latent_output", lambda: plot.latent_output(trace)), ("topk", lambda: plot.topk(trace, k=k))]
+        wanted += [("latent_output", lambda: plot.latent_output(trace, lens=lens)),
+                   ("topk", lambda: plot.topk(trace, k=k, lens=lens))]
         if targets:
-            wanted.append(("target_words", lambda: plot.target_words(trace, list(targets))))
+            wanted.append(("target_words", lambda: plot.target_words(trace, list(targets), lens=lens)))
     if has_attention:
         wanted += [("attention", lambda: plot.attention(trace)), ("attention_mass", lambda: plot.attention_mass(trace))]
         if spatial:
             wanted.append(("patch_overlay", lambda: plot.patch_overlay(trace)))
     out = []
     for name, draw in wanted:
-        caption = CAPTIONS[name]
+        caption = _caption(name, lens)
         try:
             fig = draw()
         except VlmLensError as err:  # e.g. target words the vocabulary lacks: say so on the page, keep the rest
@@ -173,6 +180,18 @@ def _figures(trace: "Trace", targets, k: int, dpi: int, notes: list[str]) -> lis
     if not has_attention:
         notes.append("no attention figures: this trace holds no attention rows.")
     return out
+
+
+def _lens_title(lens: "Lens | None") -> str:
+    """``"Logit lens"`` or ``"Tuned lens"``: how the page names the lens it reads the layers through."""
+    from ..plot.trace_data import lens_name
+
+    name = lens_name(lens)
+    return name[:1].upper() + name[1:]
+
+
+def _caption(name: str, lens: "Lens | None") -> str:
+    return CAPTIONS.get(name, "").replace("Logit lens", _lens_title(lens))
 
 
 def _png(fig, dpi: int) -> str:
@@ -200,7 +219,7 @@ def _pictures(trace: "Trace", image: Any) -> list[str]:
 
 # --------------------------------------------------------------------------------------------------------- html
 def _body(trace: "Trace", title: str, pictures: list[str], figures: list[tuple[str, str, str]],
-          notes: list[str]) -> str:
+          notes: list[str], lens_title: str = "Logit lens") -> str:
     e = html.escape
     counts = trace.tokens["segment"].value_counts()
     meta = trace.meta
@@ -229,6 +248,6 @@ def _body(trace: "Trace", title: str, pictures: list[str], figures: list[tuple[s
 {f'<section id="figures"><h2>Figures</h2>{figure_html}</section>' if figures else ''}
 {f'<section id="pictures" class="pictures"><h2>Input</h2>{picture_html}</section>' if pictures else ''}
 </div>
-<section id="lens"><h2>Logit lens top-k per layer</h2><div id="lens-title"></div>
+<section id="lens"><h2>{e(lens_title)} top-k per layer</h2><div id="lens-title"></div>
 <table id="topk-table" hidden></table></section>
 </main>"""
