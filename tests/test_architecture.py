@@ -120,8 +120,9 @@ def test_testing_is_imported_by_no_module_of_the_package():
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["trace", "--help"], ["run", "--help"], ["compare", "--help"],
-                                  ["eval", "--help"], ["demo", "--help"], ["run", "model.pt"], ["nonsense"],
-                                  ["run", "m", "data.txt", "--out", "x"]])
+                                  ["eval", "--help"], ["demo", "--help"], ["fit-lens", "--help"], ["run", "model.pt"],
+                                  ["nonsense"], ["run", "m", "data.txt", "--out", "x"],
+                                  ["fit-lens", "m", "data.txt", "--out", "x"]])
 def test_help_and_usage_errors_load_no_torch(argv):
     code = ("import sys\nfrom vlm_lens.cli import main\ncode = main(sys.argv[1:])\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\nsys.exit(code)")

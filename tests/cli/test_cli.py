@@ -20,7 +20,7 @@ from vlm_lens.cli.usage import ANALYSES
 from vlm_lens.runs.datasets import from_csv
 from vlm_lens.runs.engine import RunResult
 
-COMMANDS = ["demo", "trace", "run", "compare", "eval"]
+COMMANDS = ["demo", "trace", "run", "compare", "eval", "fit-lens"]
 
 
 @pytest.fixture

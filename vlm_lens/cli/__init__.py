@@ -9,6 +9,7 @@ Example:
           --generate 8 --out runs/img --html
     $ vlm-lens run path/to/llava-1.5-7b-hf koniq_test.csv --out runs/one-stage
     $ vlm-lens eval path/to/llava-1.5-7b-hf q-align/test_live.json --dmos
+    $ vlm-lens fit-lens path/to/llava-1.5-7b-hf koniq_train.csv --out lenses/llava
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(exit_.code or 0)
     if not getattr(args, "command", None):
         parser.print_usage(sys.stderr)
-        print("vlm-lens: error: choose a command (demo, trace, run, compare, eval); see vlm-lens --help",
+        print("vlm-lens: error: choose a command (demo, trace, run, compare, eval, fit-lens); see vlm-lens --help",
               file=sys.stderr)
         return 2
     from ..core.errors import VlmLensError

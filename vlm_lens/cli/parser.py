@@ -11,6 +11,7 @@ from ..biqa.vocabulary import LEVELS, QALIGN_PROMPT
 from .commands.compare import compare_command
 from .commands.demo import demo_command
 from .commands.evaluate import eval_command
+from .commands.fit_lens import fit_lens_command
 from .commands.run import run_command
 from .commands.trace import trace_command
 from .usage import ANALYSES, FORMATS
@@ -27,7 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Trace what a vision-language model's layers say: logit lens, attention rows, figures.",
         epilog=_examples("vlm-lens demo", 'vlm-lens trace ckpt/llava-1.5-7b-hf cat.jpg "Rate this image." '
                          "--generate 8 --out runs/cat --html",
-                         "vlm-lens run ckpt/llava-1.5-7b-hf koniq_test.csv --out runs/a", "vlm-lens trace --help"))
+                         "vlm-lens run ckpt/llava-1.5-7b-hf koniq_test.csv --out runs/a",
+                         "vlm-lens fit-lens ckpt/llava-1.5-7b-hf koniq_train.csv --out lenses/llava",
+                         "vlm-lens trace --help"))
     parser.set_defaults(debug=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -64,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="figure formats, comma-separated from png,svg,pdf (default: png)")
     trace.add_argument("--no-figures", dest="figures", action="store_false", help="write no figures")
     trace.add_argument("--system", help="system prompt, where the chat template has a place for it")
+    _lens_option(trace)
     trace.add_argument("--dtype", help="weights dtype: float32, bfloat16, float16 (default: as stored)")
     trace.add_argument("--device", help="device, e.g. cuda or cpu (default: cpu)")
 
@@ -86,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     _dataset_options(run, scores_optional=True)
     _question_options(run, run=True)
     _instability_options(run, run=True)
+    _lens_option(run)
     _model_options(run)
 
     compare = command("compare", "compare runs of the same dataset, paired per sample; the first is the reference",
@@ -100,6 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--n-boot", type=_whole, default=1000, metavar="N",
                          help="bootstrap resamples of the correlation intervals and differences (default: 1000)")
     compare.add_argument("--seed", type=_whole, default=0, metavar="S", help="bootstrap seed (default: 0)")
+    compare.add_argument("--lens", choices=["logit", "tuned"],
+                         help="require the runs' per-layer readings to be read through this kind of lens (default: "
+                              "whichever they used, when they agree)")
 
     evaluate = command("eval", "IQA scores: SRCC / PLCC (+ instability with --samples) of a model on a dataset",
                        ["vlm-lens eval ckpt/llava-1.5-7b-hf koniq_test.csv",
@@ -115,7 +123,38 @@ def build_parser() -> argparse.ArgumentParser:
     _question_options(evaluate, run=False)
     _instability_options(evaluate, run=False)
     _model_options(evaluate)
-    for sub in (run, compare, evaluate):  # for the options argparse accepts one by one but not together
+    fit = command("fit-lens", "fit a tuned lens (one affine translator per layer) of a model on a dataset's images",
+                  ["vlm-lens fit-lens ckpt/llava-1.5-7b-hf koniq_train.csv --out lenses/llava",
+                   "vlm-lens fit-lens zoo:tiny-biqa-one-stage images.csv --generate 48 --epochs 2 "
+                   "--out lenses/one-stage",
+                   "vlm-lens trace ckpt/llava-1.5-7b-hf cat.jpg \"Rate this image.\" --lens lenses/llava"],
+                  fit_lens_command)
+    fit.add_argument("model", metavar="MODEL", help="checkpoint folder, cached hub id, or zoo:NAME")
+    fit.add_argument("dataset", metavar="DATASET", help="a .csv, or a .json list (Q-Align's format); scores unused")
+    fit.add_argument("--out", required=True, metavar="DIR",
+                     help="folder of the lens (and its checkpoints: an unfinished fit there is resumed, a finished "
+                          "one loaded)")
+    fit.add_argument("--prompt", help="the question asked of every image (default: Q-Align's)")
+    fit.add_argument("--generate", type=_count, metavar="N",
+                     help="tokens of the greedy answer traced after the prompt (default: 32)")
+    fit.add_argument("--epochs", type=_positive, default=1, metavar="N", help="passes over the images (default: 1)")
+    fit.add_argument("--batch-size", type=_positive, default=8, metavar="N", help="images per step (default: 8)")
+    fit.add_argument("--lr", type=_above_zero, default=1e-3, metavar="LR",
+                     help="Adam's learning rate, decaying linearly to 0 (default: 0.001)")
+    fit.add_argument("--held-out", type=_fraction, default=0.1, metavar="F",
+                     help="fraction of the dataset (its last images) kept out to measure the lens (default: 0.1)")
+    fit.add_argument("--seed", type=_whole, default=0, metavar="S", help="seed of the image order (default: 0)")
+    fit.add_argument("--checkpoint-every", type=_positive, default=64, metavar="N",
+                     help="images between checkpoints (default: 64)")
+    fit.add_argument("--overwrite", action="store_true", help="discard a fit already in DIR first")
+    group = fit.add_argument_group("dataset")
+    group.add_argument("--image-column", metavar="C",
+                       help="column (CSV) or key (JSON) of the image paths (default: image; JSON: image or img_path)")
+    group.add_argument("--id-column", metavar="C", help="column or key of unique sample ids (default: the image path)")
+    group.add_argument("--root", metavar="DIR", help="folder image paths are relative to (default: the file's folder)")
+    fit.set_defaults(score_column=None, no_scores=True, dmos=False)  # scores are not used to fit a lens
+    _model_options(fit)
+    for sub in (run, compare, evaluate, fit):  # for the options argparse accepts one by one but not together
         sub.set_defaults(usage=sub.format_usage)
     return parser
 
@@ -161,6 +200,12 @@ def _instability_options(sub: argparse.ArgumentParser, run: bool) -> None:
     group.add_argument("--top-p", type=_top_p, metavar="P", help="nucleus sampling mass, in (0, 1] (default: 1.0)")
 
 
+def _lens_option(sub: argparse.ArgumentParser) -> None:
+    sub.add_argument("--lens", metavar="FOLDER",
+                     help="read the layers through the tuned lens in FOLDER (from vlm-lens fit-lens, or a checkpoint "
+                          "folder / zoo:NAME holding one in tuned_lens/); default: the logit lens")
+
+
 def _model_options(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("--dtype", help="weights dtype: float32, bfloat16, float16 (default: as stored)")
     sub.add_argument("--device", help="device, e.g. cuda or cpu (default: cpu)")
@@ -204,6 +249,13 @@ def _whole(text: str, of: str = "") -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number{of} >= 0, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a whole number{of} >= 0, got {value}")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = _number(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1), got {text}")
     return value
 
 

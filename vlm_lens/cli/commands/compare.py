@@ -22,7 +22,7 @@ def compare_command(args: argparse.Namespace) -> int:
         steps.next("reading the runs")
         runs = {name: RunResult.load(folder) for name, folder in zip(names, folders)}
         steps.next("comparing")
-        comparison = compare(runs, n_boot=args.n_boot, seed=args.seed)
+        comparison = compare(runs, n_boot=args.n_boot, seed=args.seed, lens=args.lens)
         steps.next("saving the tables")
         out = comparison.save(args.out)
         _compare_summary(comparison, steps)

@@ -47,8 +47,8 @@ def question_of(args: argparse.Namespace) -> dict[str, Any]:
     return {**{k: v for k, v in given.items() if v is not None}, "prefill": args.prefill}
 
 
-def instability_of(args: argparse.Namespace, question: dict[str, Any]):
+def instability_of(args: argparse.Namespace, question: dict[str, Any], lens: Any = None):
     from ...biqa.instability import Instability
 
     given = {"k": args.samples, "temperature": args.temperature, "top_p": args.top_p}
-    return Instability(**{k: v for k, v in given.items() if v is not None}, seed=args.seed, **question)
+    return Instability(**{k: v for k, v in given.items() if v is not None}, seed=args.seed, lens=lens, **question)

@@ -10,6 +10,7 @@ from typing import Any, Callable
 from ...core.errors import RunMismatchError
 from ..progress import Steps
 from .dataset_args import check_sampling, dataset_of, instability_of, question_of
+from .fit_lens import check_lens_folder, load_lens
 from .tables import correlations_text, written
 
 __all__ = ["run_command"]
@@ -19,6 +20,7 @@ def run_command(args: argparse.Namespace) -> int:
     check_sampling(args, "instability" in args.analyses, "add it, e.g. --analyses quality,instability")
     dataset = dataset_of(args)  # a missing or malformed dataset fails now, not after loading a 7B model
     analyses = _analyses(args)
+    check_lens_folder(args.lens)
     out = Path(args.out)
     before = None if args.overwrite else _status(out)
     with Steps(3, "vlm-lens run") as steps:
@@ -27,6 +29,9 @@ def run_command(args: argparse.Namespace) -> int:
 
         steps.next("loading the model")
         m = load(args.model, dtype=args.dtype, device=args.device)
+        lens = load_lens(args.lens, m)
+        if lens is not None:
+            analyses = _analyses(args, lens)
         steps.next(f"running {len(dataset)} samples")
         try:
             result = run(m, dataset, analyses, out=out, batch_size=args.batch_size,
@@ -46,15 +51,17 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _analyses(args: argparse.Namespace) -> list:
-    """``--analyses`` names -> reducers, each given the options that concern it (library defaults otherwise)."""
+def _analyses(args: argparse.Namespace, lens: Any = None) -> list:
+    """``--analyses`` names -> reducers, each given the options that concern it (library defaults otherwise); the
+    ones that read layers read them through ``lens`` when given (``--lens``)."""
     from ...biqa import analyses
 
     question = question_of(args)
     build: dict[str, Callable[[], Any]] = {
-        "quality": lambda: analyses.Quality(n_boot=args.n_boot, seed=args.seed, **question),
+        "quality": lambda: analyses.Quality(n_boot=args.n_boot, seed=args.seed, lens=True if lens is None else lens,
+                                            **question),
         "attention": lambda: analyses.Attention(**question),
-        "instability": lambda: instability_of(args, question),
+        "instability": lambda: instability_of(args, question, lens),
         "grounding": lambda: analyses.Grounding(seed=args.seed, **{k: v for k, v in question.items()
                                                                    if k != "prefill"}),
     }

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..progress import Steps
+from .fit_lens import check_lens_folder, load_lens
 
 __all__ = ["trace_command"]
 
@@ -15,49 +16,53 @@ def trace_command(args: argparse.Namespace) -> int:
     from ...core.images import load_image
 
     load_image(args.image)  # a missing or unreadable image fails now, not after loading a 7B model
+    check_lens_folder(args.lens)
     out = Path(args.out) if args.out else (Path("vlm_lens_trace") if args.html else None)
     with Steps(3 + (out is not None) * (1 + args.figures + args.html), "vlm-lens trace") as steps:
         from ...tracing import load, trace
 
         steps.next("loading the model")
         m = load(args.model, dtype=args.dtype, device=args.device)
+        lens = load_lens(args.lens, m)
         steps.next("tracing")
         t = trace(m, args.image, args.prompt, generate=args.generate, system=args.system)
-        _summary(t, args.topk, args.targets, steps)
+        _summary(t, args.topk, args.targets, steps, lens)
         if out is not None:
-            _write(t, out, args.topk, args.targets, args.formats, args.figures, args.html, steps)
+            _write(t, out, args.topk, args.targets, args.formats, args.figures, args.html, steps, lens)
     return 0
 
 
-def _summary(t, topk: int, targets: list[str] | None, steps: "Steps") -> None:
-    steps.next("reading the logit lens")
+def _summary(t, topk: int, targets: list[str] | None, steps: "Steps", lens=None) -> None:
+    name = "logit lens" if lens is None else lens.name
+    steps.next(f"reading the {name}")
     position = t.prompt_length - 1
     if t.answer:
         steps.write(f"answer: {t.answer}")
-    steps.write(f"logit lens at position {position} (predicts the first answer token):")
-    table = t.lens(topk=topk, positions=[position])
+    steps.write(f"{name} at position {position} (predicts the first answer token):")
+    table = t.lens(topk=topk, positions=[position], lens=lens)
     steps.write(table.pivot(index="layer", columns="rank", values="token").to_string())
     if targets:
-        wide = t.lens_targets(targets, positions=[position]).pivot(index="layer", columns="target", values="prob")
+        wide = t.lens_targets(targets, positions=[position], lens=lens).pivot(index="layer", columns="target",
+                                                                              values="prob")
         steps.write(wide[targets].round(4).to_string())
 
 
 def _write(t, out: Path, topk: int, targets, formats: list[str], figures: bool, html: bool,
-           steps: "Steps") -> None:
+           steps: "Steps", lens=None) -> None:
     from ... import plot
 
     steps.next("saving the trace")
     out.mkdir(parents=True, exist_ok=True)
     folder = t.save(out / "trace")
-    t.lens(topk=topk).to_csv(out / "lens_topk.csv", index=False)
+    t.lens(topk=topk, lens=lens).to_csv(out / "lens_topk.csv", index=False)
     written = [folder, out / "lens_topk.csv"]
     drawn = {}
     if figures:
         steps.next("drawing figures")
-        draws: list[tuple[str, Callable[[], Any]]] = [("latent_output", lambda: plot.latent_output(t)),
-                                                      ("topk", lambda: plot.topk(t, k=topk))]
+        draws: list[tuple[str, Callable[[], Any]]] = [("latent_output", lambda: plot.latent_output(t, lens=lens)),
+                                                      ("topk", lambda: plot.topk(t, k=topk, lens=lens))]
         if targets:
-            draws.append(("target_words", lambda: plot.target_words(t, targets)))
+            draws.append(("target_words", lambda: plot.target_words(t, targets, lens=lens)))
         if t.attention is not None:
             draws += [("attention", lambda: plot.attention(t)), ("attention_mass", lambda: plot.attention_mass(t))]
             if any(span.layout for span in t.image_spans):
@@ -71,5 +76,5 @@ def _write(t, out: Path, topk: int, targets, formats: list[str], figures: bool, 
         from ...report.html import write_report
 
         written.append(write_report(t, out / "report.html", topk=topk, targets=targets,
-                                    figures=drawn if figures else False))
+                                    figures=drawn if figures else False, lens=lens))
     steps.write("wrote:\n" + "\n".join(f"  {p}" for p in written))
