@@ -165,7 +165,7 @@ class Instability(Reducer):
         return config
 
     def fresh(self) -> "Instability":
-        return Instability(**{**self.config(), "lens": self.lens})
+        return type(self)(**{**self.config(), "lens": self.lens})
 
     def request(self) -> TraceRequest:
         return TraceRequest(self.prompt, self.answer_prefix if self.prefill else None, self.generate,

@@ -233,7 +233,7 @@ class Quality(Reducer):
                 "n_boot": self.n_boot, "seed": self.seed}
 
     def fresh(self) -> "Quality":
-        return Quality(**{**self.config(), "lens": self.reader if self.reader is not None else self.lens})
+        return type(self)(**{**self.config(), "lens": self.reader if self.reader is not None else self.lens})
 
     def request(self) -> TraceRequest:
         return TraceRequest(self.prompt, self.answer_prefix if self.prefill else None, self.generate,

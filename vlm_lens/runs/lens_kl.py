@@ -133,7 +133,7 @@ class LensKL(Reducer):
                 "generate": self.generate, "system": self.system}
 
     def fresh(self) -> "LensKL":
-        return LensKL(self.lens, prompt=self.prompt, generate=self.generate, system=self.system)
+        return type(self)(self.lens, prompt=self.prompt, generate=self.generate, system=self.system)
 
     def request(self) -> TraceRequest:
         return TraceRequest(self.prompt, None, self.generate, system=self.system, hidden=True, all_positions=True)
