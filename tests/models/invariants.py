@@ -100,6 +100,21 @@ class FamilyInvariants:
         top = t.lens(topk=1, layers=[m.adapter.n_layers])
         assert top.token_id.tolist() == t.logits.argmax(-1).tolist()
 
+    @feature("lens")
+    def test_tuned_lens_is_the_logit_lens_at_identity_and_the_logits_at_the_last_index(self, m, single):
+        """Identity translators decode through the family's own norm and head (soft-capping, scaled norms) exactly
+        as the logit lens; with any translators the last hidden index still gives the model's own logits."""
+        images, prompt = single
+        t = vl.trace(m, images, prompt, keep=vl.Keep(query_positions=[0, -1]))
+        lens = vl.TunedLens(m)
+        logit = LogitLens(m.adapter)
+        for l in range(m.adapter.n_layers + 1):
+            assert torch.equal(lens(t.hidden[l], l), logit.logits(t.hidden[l]))
+        with torch.no_grad():
+            lens.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(0))
+        last = lens(t.hidden[-1, t.query_positions], m.adapter.n_layers)
+        torch.testing.assert_close(last, t.logits, atol=1e-4, rtol=1e-5)
+
     @feature("generation")
     def test_response_is_what_generate_produces(self, m, single):
         images, prompt = single

@@ -11,6 +11,7 @@ from conftest import PROMPT, random_image
 
 import vlm_lens as vl
 from vlm_lens import plot
+from vlm_lens.biqa.vocabulary import LEVELS
 from vlm_lens.plot.style import token_label
 
 
@@ -80,7 +81,7 @@ def test_two_checkpoints_each_through_its_own_lens(models, traced):
     t_other, lens_other = vl.trace(other, random_image(2), PROMPT, generate=4), randomised(other, seed=1)
     fig = plot.compare(t, t_other, "target_words", names=("a", "b"), lens=(lens, lens_other))
     position = t_other.prompt_length - 1
-    expected = t_other.lens_targets(list(vl.biqa.LEVELS), positions=[position], lens=lens_other)
+    expected = t_other.lens_targets(list(LEVELS), positions=[position], lens=lens_other)
     line = axes(fig, "target_words:b").get_lines()[0]
     np.testing.assert_allclose(line.get_ydata(), expected[expected.target == "excellent"].prob, rtol=1e-6)
     with pytest.raises(vl.VlmLensError, match="lens: this tuned lens decodes through another model's weights"):

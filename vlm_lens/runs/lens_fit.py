@@ -74,7 +74,7 @@ def fit(model: LensModel, dataset: Dataset, *, prompt: str | None = None, genera
         layers: Hidden indices that get a translator (default: all below the last, ``0..L-1``).
         held_out: The fraction of ``dataset`` (its last samples) kept out of fitting to measure the lens, or a
             separate dataset for that; 0 for none. Its KL per layer, logit vs tuned, is :attr:`TunedLens.held_out`.
-        epochs: Passes over the fitting samples (each pass traces them again: memory stays that of one batch).
+        epochs: Passes over the fitting samples (each pass traces them again: memory stays that of one trace group).
         batch_size: Samples per step (traced together; every position of each counts).
         lr: Adam's initial learning rate (decays linearly to 0 over the steps).
         seed: Seed of the sample order.
@@ -111,9 +111,10 @@ def fit(model: LensModel, dataset: Dataset, *, prompt: str | None = None, genera
         lens = TunedLens(model, settings["layers"])
         request = TraceRequest(settings["prompt"], None, generate, system=system, hidden=True, all_positions=True)
         log = _train(model, lens, dataset, train, request, settings, folder, checkpoint_every, progress, rank, world)
+        measured = _evaluate(model, lens, held_out if isinstance(held_out, Dataset) else dataset, evaluation, request,
+                             settings["trace_batch"], rank, world)
         lens.info.update(settings=settings, dataset=dataset.describe(), training=log,
-                         held_out=_evaluate(model, lens, held_out if isinstance(held_out, Dataset) else dataset,
-                                            evaluation, request, settings["trace_batch"], rank, world))
+                         held_out={**measured, "source": _describe_held_out(held_out)} if measured else {})
         if folder is not None:
             if rank == 0:
                 lens.save(folder)
