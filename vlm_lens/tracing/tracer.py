@@ -124,8 +124,15 @@ def _trace_batch(model: LensModel, images: list[Any], prompts: list[str], genera
                  else [[] for _ in prompts])
     sequences = _sequences(model, prepared.encoded, responses, keep)
     recorder, logits = _forward(model, prepared, sequences)
-    return [_record(model, prepared, sequences, recorder, logits, i, generation, prefill, system)
-            for i in range(len(prompts))]
+    samples = range(len(prompts))
+    hidden = _split(recorder.hidden, prepared.hidden_layers, [(i, slice(len(sequences.kept[i]))) for i in samples])
+    rows: list[torch.Tensor | None] = [None] * len(prompts)
+    if prepared.attention_layers:
+        rows = list(_split(recorder.rows, prepared.attention_layers,
+                           [(i, slice(None), slice(len(sequences.queries[i])), slice(sequences.pads[i], None))
+                            for i in samples]))
+    return [_record(model, prepared, sequences, hidden[i], rows[i], logits, i, generation, prefill, system)
+            for i in samples]
 
 
 def _prepare(model: LensModel, images: list[Any], prompts: list[str], generation: Generation | None,
@@ -196,16 +203,29 @@ def _forward(model: LensModel, prepared: _Prepared, sequences: _Sequences) -> tu
     return recorder, logits
 
 
-def _record(model: LensModel, prepared: _Prepared, sequences: _Sequences, recorder: Recorder, logits: torch.Tensor,
-            i: int, generation: Generation | None, prefill: str | None, system: str | None) -> Trace:
-    """The Trace of sample ``i``: its unpadded positions only."""
+def _split(stored: dict[int, torch.Tensor], keys: list[int], where: list[tuple]) -> list[torch.Tensor]:
+    """Per sample ``i``: ``torch.stack([stored[k][where[i]] for k in keys])``, built one key (layer) at a time and
+    dropping each stored tensor once it is copied, so that memory peaks at what is kept plus one layer — not at
+    twice what is kept, as stacking every sample while the recorder still holds every layer would."""
+    out: list[torch.Tensor] = []
+    for j, key in enumerate(keys):
+        layer = stored.pop(key)
+        for i, index in enumerate(where):
+            piece = layer[index]
+            if j == 0:
+                out.append(piece.new_empty((len(keys), *piece.shape)))
+            out[i][j] = piece
+        del layer
+    return out
+
+
+def _record(model: LensModel, prepared: _Prepared, sequences: _Sequences, hidden: torch.Tensor,
+            rows: torch.Tensor | None, logits: torch.Tensor, i: int, generation: Generation | None,
+            prefill: str | None, system: str | None) -> Trace:
+    """The Trace of sample ``i``: its unpadded positions only (``hidden`` and ``rows`` already cut to them)."""
     adapter = model.adapter
-    seq, pad = sequences.ids[i], sequences.pads[i]
-    n_query, n_kept = len(sequences.queries[i]), len(sequences.kept[i])
-    hidden = torch.stack([recorder.hidden[l][i, :n_kept] for l in prepared.hidden_layers])
-    rows = None
-    if prepared.attention_layers:
-        rows = torch.stack([recorder.rows[l][i, :, :n_query, pad:] for l in prepared.attention_layers])
+    seq = sequences.ids[i]
+    n_query = len(sequences.queries[i])
     prompt_length = prepared.encoded.lengths[i]
     segments = prepared.encoded.segments[i] + ["response"] * len(sequences.responses[i])
     return Trace(
