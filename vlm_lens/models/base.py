@@ -269,7 +269,8 @@ class Adapter:
                                         "needs a fast (tokenizers-backed) tokenizer to label segments.") from None
         plain_ids, offsets = plain["input_ids"], plain["offset_mapping"]
         matcher = difflib.SequenceMatcher(a=ids, b=plain_ids, autojunk=False)
-        labels = ["image" if t == self.image_token_id else "system" for t in ids]
+        image = self.image_token_id  # once: the property reads the config, ~12 us a call, per position
+        labels = ["image" if t == image else "system" for t in ids]
         for block in matcher.get_matching_blocks():
             for k in range(block.size):
                 i, j = block.a + k, block.b + k
