@@ -1,6 +1,6 @@
-"""One prepared check of exactness, overhead and memory at 7B shape, for a lent GPU; CI runs its CPU mode.
+"""One prepared check of exactness, overhead and memory at 7B shape, for a GPU at hand; CI runs its CPU mode.
 
-Why one script: a GPU is lent rarely and briefly (minutes of device time, all tries together). Everything the
+Why one script: a GPU may be at hand rarely and briefly (minutes of GPU time, all tries together). Everything the
 project wants to know from one — are attention rows, the lens and batching exact with CUDA kernels and bf16, what
 does tracing cost next to a plain forward, how much memory, how fast is a dataset run — is measured in one
 command that fits in five minutes on one H100, writes ``gpu.json`` and ``gpu.txt`` to the folder it is given

@@ -1,6 +1,6 @@
 """The record of one run of ``benchmarks/gpu.py``: ``gpu.json``, rewritten after every measurement, and ``gpu.txt``.
 
-Why rewritten after every measurement: the script runs once on a lent GPU under a time limit. A measurement that
+Why rewritten after every measurement: the script runs once on a GPU, under a time limit. A measurement that
 raises is recorded (its error and traceback) and the next one runs; a run killed at its limit still leaves, in
 the output folder, everything it measured before. ``finished`` in the JSON says whether the run got to its end.
 
