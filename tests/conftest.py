@@ -21,8 +21,9 @@ from vlm_lens.testing import tiny_llava
 
 torch.set_num_threads(2)
 
-#: Records feature outcomes per model family for docs/families.md (see tests/families_record.py).
-pytest_plugins = ["families_record"]
+#: Records feature outcomes per model family for docs/families.md (see tests/families_record.py); the fixtures of
+#: the bad-input suite (tests/bad_input/fixtures.py).
+pytest_plugins = ["families_record", "bad_input.fixtures"]
 
 #: name -> tiny_llava keyword arguments
 SHAPES = {

@@ -23,7 +23,7 @@ from .core.version import __version__  # noqa: F401 - vl.__version__
 from .extensions import register_all
 
 __all__ = ["Comparison", "Generation", "Keep", "LensModel", "RunResult", "Trace", "VlmLensError", "analyses",
-           "compare", "datasets", "evaluate", "load", "plot", "run", "trace", "wrap", "write_report", "zoo"]
+           "compare", "datasets", "errors", "evaluate", "load", "plot", "run", "trace", "wrap", "write_report", "zoo"]
 
 _EXPORTS = {
     "Comparison": ".biqa.comparison:Comparison", "compare": ".biqa.comparison:compare",
@@ -32,7 +32,7 @@ _EXPORTS = {
     "LensModel": ".tracing.loading:LensModel", "load": ".tracing.loading:load", "wrap": ".tracing.loading:wrap",
     "Trace": ".tracing.record:Trace", "trace": ".tracing.tracer:trace",
     "RunResult": ".runs.engine:RunResult", "run": ".runs.engine:run", "datasets": ".runs.datasets",
-    "VlmLensError": ".core.errors:VlmLensError",
+    "VlmLensError": ".core.errors:VlmLensError", "errors": ".core.errors",
     "plot": ".plot", "write_report": ".report.html:write_report", "zoo": ".zoo",
 }
 _REMOVED = {
@@ -48,6 +48,7 @@ if TYPE_CHECKING:  # what static tools and IDEs see; at run time these load on f
     from .biqa import analyses
     from .biqa.comparison import Comparison, compare
     from .biqa.evaluation import evaluate
+    from .core import errors
     from .core.errors import VlmLensError
     from .report.html import write_report
     from .runs import datasets

@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..core.checks import as_bool, as_int, as_text, as_words
 from ..core.errors import VlmLensError
 from ..runs.reducers import Reducer, TraceRequest, accumulate
 from .answer import AnswerLayout, locate, query_index, segment_labels
@@ -174,8 +175,9 @@ class Attention(Reducer):
         super().__init__()
         if not (query in _NAMED_QUERIES or (isinstance(query, int) and not isinstance(query, bool))):
             raise VlmLensError(f"query={query!r}: expected one of {_NAMED_QUERIES} or a sequence position.")
-        self.query, self.prompt, self.answer_prefix, self.prefill = query, prompt, answer_prefix, bool(prefill)
-        self.generate, self.levels = int(generate), list(levels)
+        self.query, self.prompt = query, as_text(prompt, "prompt", optional=False)
+        self.answer_prefix, self.prefill = as_text(answer_prefix, "answer_prefix"), as_bool(prefill, "prefill")
+        self.generate, self.levels = as_int(generate, "generate", minimum=0), as_words(levels, "levels")
 
     def config(self) -> dict[str, Any]:
         return {"query": self.query, "prompt": self.prompt, "answer_prefix": self.answer_prefix,

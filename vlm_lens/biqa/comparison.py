@@ -21,6 +21,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,6 +29,7 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from ..core.checks import as_int, make_folder, shown
 from ..core.errors import VlmLensError
 from ..runs.checkpoint import write_json, write_table
 from ..runs.engine import RunResult
@@ -71,7 +73,7 @@ class Comparison:
 
     def save(self, folder: str | Path) -> Path:
         """``<table>.parquet`` + ``.csv`` per table and ``comparison.json`` (runs, notes)."""
-        folder = Path(folder)
+        folder = make_folder(folder, "folder")
         for name, frame in self.tables.items():
             write_table(frame, folder / name)
         write_json(folder / "comparison.json", {"runs": self.runs, "notes": self.notes})
@@ -95,7 +97,10 @@ def compare(runs: Mapping[str, RunResult | str | Path], *, n_boot: int = 1000, s
         raise VlmLensError(f"compare() needs a mapping of at least two named runs, e.g. {{'one-stage': 'runs/a', "
                            f"'two-stage': 'runs/b'}}; got {type(runs).__name__} of length "
                            f"{len(runs) if hasattr(runs, '__len__') else '?'}.")
-    loaded = {str(name): r if isinstance(r, RunResult) else RunResult.load(r) for name, r in runs.items()}
+    n_boot, seed = as_int(n_boot, "n_boot", minimum=0), as_int(seed, "seed")
+    loaded = {str(name): _run_of(name, r) for name, r in runs.items()}
+    if len(loaded) < len(runs):
+        raise VlmLensError(f"compare(): run names {list(runs)} repeat once made strings; give each run its own name.")
     names = list(loaded)
     out = Comparison(names)
     directions = {r.meta["dataset"]["higher_is_better"] for r in loaded.values()}
@@ -115,6 +120,16 @@ def compare(runs: Mapping[str, RunResult | str | Path], *, n_boot: int = 1000, s
     if _shared(loaded, "instability.samples", out.notes):
         _instability(loaded, common, out)
     return out
+
+
+def _run_of(name: Any, run: Any) -> RunResult:
+    """``runs[name]`` as a :class:`RunResult` (a run folder is read)."""
+    if isinstance(run, RunResult):
+        return run
+    if not isinstance(run, (str, os.PathLike)):
+        raise VlmLensError(f"runs[{name!r}]={shown(run)}: expected a RunResult (from vl.run) or a run folder (the out= "
+                           f"of vl.run, a str or Path), got {type(run).__name__}.")
+    return RunResult.load(run)
 
 
 def _shared(runs: dict[str, RunResult], table: str, notes: list[str]) -> bool:

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..core.checks import as_bool, as_int, as_number, as_text, as_words, is_integer
 from ..core.errors import VlmLensError
 from ..runs.reducers import Reducer, TraceRequest
 from ..tracing.logit_lens import LogitLens
@@ -137,14 +138,16 @@ class Instability(Reducer):
                  generate: int = 2,
                  levels: Sequence[str] = LEVELS, topk: int = 5) -> None:
         super().__init__()
-        if not isinstance(k, int) or k < 2:
+        if not is_integer(k) or k < 2:
             raise VlmLensError(f"k={k!r}: instability needs at least 2 queries per image.")
-        if not isinstance(topk, int) or topk < 1:
+        if not is_integer(topk) or topk < 1:
             raise VlmLensError(f"topk={topk!r}: expected an integer >= 1.")
-        self.k, self.temperature, self.top_p, self.seed = k, float(temperature), float(top_p), int(seed)
-        self.prompt, self.answer_prefix, self.prefill = prompt, answer_prefix, bool(prefill)
-        self.generate = int(generate)
-        self.levels, self.topk = list(levels), topk
+        self.k, self.temperature = int(k), as_number(temperature, "temperature")
+        self.top_p, self.seed = as_number(top_p, "top_p"), as_int(seed, "seed")
+        self.prompt, self.answer_prefix = as_text(prompt, "prompt", optional=False), as_text(answer_prefix,
+                                                                                              "answer_prefix")
+        self.prefill, self.generate = as_bool(prefill, "prefill"), as_int(generate, "generate", minimum=0)
+        self.levels, self.topk = as_words(levels, "levels"), int(topk)
         self.request()  # validates the sampling settings now, not at the first batch
 
     def config(self) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..core.checks import as_bool, as_int, as_number, as_text, as_words
 from ..core.errors import VlmLensError
 from ..runs.reducers import Reducer, TraceRequest
 from ..runs.stats import correlations
@@ -212,11 +213,16 @@ class Quality(Reducer):
                  generate: int = 0, good_poor: Sequence[str] = GOOD_POOR, lens: bool = True, n_boot: int = 1000,
                  seed: int = 0) -> None:
         super().__init__()
-        _check_levels(levels, weights)
-        self.levels, self.weights = list(levels), [float(w) for w in weights]
-        self.prompt, self.answer_prefix, self.prefill = prompt, answer_prefix, bool(prefill)
-        self.generate = int(generate)
-        self.good_poor, self.lens, self.n_boot, self.seed = list(good_poor), bool(lens), int(n_boot), int(seed)
+        levels = as_words(levels, "levels")
+        if isinstance(weights, (str, bytes)) or not hasattr(weights, "__iter__"):
+            raise VlmLensError(f"weights={weights!r}: expected one number per level word.")
+        _check_levels(levels, list(weights))
+        self.levels, self.weights = levels, [as_number(w, f"weights[{i}]") for i, w in enumerate(weights)]
+        self.prompt, self.answer_prefix = as_text(prompt, "prompt", optional=False), as_text(answer_prefix,
+                                                                                              "answer_prefix")
+        self.prefill, self.generate = as_bool(prefill, "prefill"), as_int(generate, "generate", minimum=0)
+        self.good_poor, self.lens = as_words(good_poor, "good_poor"), as_bool(lens, "lens")
+        self.n_boot, self.seed = as_int(n_boot, "n_boot", minimum=0), as_int(seed, "seed")
 
     def config(self) -> dict[str, Any]:
         return {"levels": self.levels, "weights": self.weights, "prompt": self.prompt,

@@ -40,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = command("demo", "trace the two shipped BIQA checkpoints on synthetic images (and yours): figures + summary",
                    ["vlm-lens demo", "vlm-lens demo my_photo.jpg --n 2 --out /tmp/demo"], demo_command)
     demo.add_argument("images", nargs="*", metavar="IMAGE", help="image files to trace besides the synthetic ones")
-    demo.add_argument("--out", default="vlm_lens_demo", metavar="DIR",
+    demo.add_argument("--out", type=_folder, default="vlm_lens_demo", metavar="DIR",
                       help="folder for the figures and the summary table (default: %(default)s)")
     demo.add_argument("--n", type=_whole, default=3, metavar="N",
                       help="synthetic images to trace (default: %(default)s)")
@@ -50,12 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
                      f'vlm-lens trace ckpt/llava-1.5-7b-hf cat.jpg "{QALIGN_PROMPT}" --generate 8 --out runs/cat --html',
                      'vlm-lens trace zoo:tiny-biqa-one-stage img.png "Rate this image." --targets good,poor '
                      "--formats png,pdf --out out/"], trace_command)
-    trace.add_argument("model", help="checkpoint folder, cached hub id, or zoo:NAME")
+    trace.add_argument("model", help="checkpoint folder, hub id, or zoo:NAME")
     trace.add_argument("image", help="image file")
     trace.add_argument("prompt", help="the question (the chat template and image placeholder are added)")
     trace.add_argument("--generate", type=_count, default=0, metavar="N",
                        help="generate up to N tokens first (greedy), then trace prompt + answer (default: 0)")
-    trace.add_argument("--out", metavar="DIR", help="save the trace, lens table and figures to DIR")
+    trace.add_argument("--out", type=_folder, metavar="DIR", help="save the trace, lens table and figures to DIR")
     trace.add_argument("--html", action="store_true", help="also write DIR/report.html (DIR default: vlm_lens_trace)")
     trace.add_argument("--topk", type=_positive, default=5, metavar="K", help="lens candidates per layer (default: 5)")
     trace.add_argument("--targets", type=_words, metavar="W1,W2",
@@ -73,9 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "quality,instability --samples 8 --batch-size 16 --dtype bfloat16 --device cuda",
                    "vlm-lens run ckpt/llava-1.5-7b-hf q-align/test_live.json --dmos --out runs/live",
                    "vlm-lens run ckpt/ scores.csv --image-column image_name --score-column MOS --out runs/x"], run_command)
-    run.add_argument("model", metavar="MODEL", help="checkpoint folder, cached hub id, or zoo:NAME")
+    run.add_argument("model", metavar="MODEL", help="checkpoint folder, hub id, or zoo:NAME")
     run.add_argument("dataset", metavar="DATASET", help="a .csv, or a .json list (Q-Align's format)")
-    run.add_argument("--out", required=True, metavar="DIR",
+    run.add_argument("--out", type=_folder, required=True, metavar="DIR",
                      help="run folder; an unfinished run there is resumed, a finished one is loaded, not recomputed")
     run.add_argument("--analyses", type=_analysis_names, default=["quality", "attention"], metavar="A,B",
                      help=f"comma-separated, from {','.join(ANALYSES)} (default: quality,attention)")
@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("run_a", metavar="RUN_A", help="run folder (the --out of vlm-lens run): the reference")
     compare.add_argument("run_b", metavar="RUN_B", help="run folder compared with RUN_A")
     compare.add_argument("more", nargs="*", metavar="RUN", help="more run folders, each compared with RUN_A")
-    compare.add_argument("--out", required=True, metavar="DIR", help="folder for the tables (.parquet + .csv)")
+    compare.add_argument("--out", type=_folder, required=True, metavar="DIR",
+                         help="folder for the tables (.parquet + .csv)")
     compare.add_argument("--names", type=_words, metavar="A,B", help="names of the runs (default: the folder names)")
     compare.add_argument("--n-boot", type=_whole, default=1000, metavar="N",
                          help="bootstrap resamples of the correlation intervals and differences (default: 1000)")
@@ -105,9 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
                        ["vlm-lens eval ckpt/llava-1.5-7b-hf koniq_test.csv",
                         "vlm-lens eval ckpt/llava-1.5-7b-hf q-align/test_csiq.json --dmos --out eval/csiq",
                         "vlm-lens eval ckpt/llava-1.5-7b-hf koniq_test.csv --samples 8 --temperature 1.0"], eval_command)
-    evaluate.add_argument("model", metavar="MODEL", help="checkpoint folder, cached hub id, or zoo:NAME")
+    evaluate.add_argument("model", metavar="MODEL", help="checkpoint folder, hub id, or zoo:NAME")
     evaluate.add_argument("dataset", metavar="DATASET", help="a .csv, or a .json list (Q-Align's format)")
-    evaluate.add_argument("--out", metavar="DIR",
+    evaluate.add_argument("--out", type=_folder, metavar="DIR",
                           help="also write DIR/correlations.csv (and DIR/instability.csv with --samples)")
     evaluate.add_argument("--batch-size", type=_positive, default=8, metavar="N",
                           help="samples per forward (default: 8)")
@@ -175,10 +176,22 @@ def _count(text: str) -> int:
 
 
 def _positive(text: str) -> int:
-    value = _count(text)
+    """A count of at least one (of samples, candidates...): said without naming what is counted."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
     return value
+
+
+def _folder(text: str) -> str:
+    """A folder path; the empty string is refused (it would quietly mean the current folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a folder path, got an empty string (it would mean the current "
+                                         "folder); name the folder")
+    return text
 
 
 def _words(text: str) -> list[str]:

@@ -27,7 +27,12 @@ class Steps:
         register_all()  # the library is loaded from here on, with every layer's registrations (zoo:, t.plot, ...)
 
         if hf_logging.is_progress_bar_enabled():  # one progress display: ours, not transformers' per-shard bars
+            from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+
+            downloads = not are_progress_bars_disabled()
             hf_logging.disable_progress_bar()
+            if downloads:  # that also silenced the hub's download bars; they stay: gigabytes without a bar look hung
+                enable_progress_bars()
             self.restore = hf_logging.enable_progress_bar
         self.bar = tqdm(total=self.total, desc=self.label, file=sys.stderr, leave=False,
                         disable=not sys.stderr.isatty(), bar_format="{desc} {bar:20} {n_fmt}/{total_fmt}{postfix}")

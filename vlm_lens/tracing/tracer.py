@@ -26,6 +26,7 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
+from ..core.checks import as_bool, as_text
 from ..core.errors import VlmLensError
 from ..core.images import ImageLike, load_image
 from ..core.sampling import RowSampler
@@ -34,6 +35,7 @@ from ..core.version import __version__
 from ..models.base import Encoded, Prompt
 from .hooks import Recorder
 from .loading import LensModel
+from .logit_lens import lens_signature
 from .record import Trace
 from .settings import Generation, Keep
 
@@ -81,6 +83,8 @@ def trace(model: LensModel, image: ImageEntry | Sequence[ImageEntry], prompt: st
         raise VlmLensError(f"keep={keep!r}: expected a vl.Keep(...) (layers, positions, query_positions, attention, "
                            "dtype, device).")
     generation = Generation.of(generate)
+    prefill, system = as_text(prefill, "prefill"), as_text(system, "system")
+    template = as_bool(template, "template")
     if isinstance(prompt, (list, tuple)):
         if not isinstance(image, (list, tuple)) or len(image) != len(prompt):
             raise VlmLensError(f"a list of {len(prompt)} prompts needs a list of as many images (one image, a "
@@ -102,6 +106,7 @@ class _Prepared:
     hidden_layers: list[int]
     attention_layers: list[int]
     keep: Keep
+    lens_check: dict[str, Any]
 
 
 @dataclass
@@ -156,7 +161,8 @@ def _prepare(model: LensModel, images: list[Any], prompts: list[str], generation
         seeds = list(_seeds(generation.seed, len(prompts)))
     encoded = adapter.encode(pictures, rendered)
     _check_length(adapter, encoded, generation.max_new_tokens if generation is not None else 0)
-    return _Prepared(prompts, images, rendered, encoded, seeds, hidden_layers, attention_layers, keep)
+    return _Prepared(prompts, images, rendered, encoded, seeds, hidden_layers, attention_layers, keep,
+                     lens_signature(adapter))
 
 
 def _sequences(model: LensModel, encoded: Encoded, responses: list[list[int]], keep: Keep) -> _Sequences:
@@ -243,7 +249,7 @@ def _record(model: LensModel, prepared: _Prepared, sequences: _Sequences, hidden
               "do_sample": bool(generation is not None and generation.do_sample),
               "temperature": generation.temperature if generation is not None else 1.0,
               "top_p": generation.top_p if generation is not None else 1.0, "seed": prepared.seeds[i],
-              "system": system, "vlm_lens_version": __version__},
+              "system": system, "vlm_lens_version": __version__, "lens_check": dict(prepared.lens_check)},
         model=model)
 
 
@@ -259,13 +265,23 @@ def _generate(model: LensModel, encoded: Encoded, generation: Generation, seeds:
         # A generated image placeholder would be replaced by image features in the teacher-forced pass, so the
         # traced sequence would not be the generated one; the placeholder is never a valid answer token.
         kwargs["suppress_tokens"] = adapter.placeholder_ids
+    suppressed = kwargs.get("suppress_tokens", [])
     kwargs.update(generation.kwargs)
+    if isinstance(kwargs.get("suppress_tokens"), (list, tuple)):  # the user's, and still never the placeholder
+        kwargs["suppress_tokens"] = sorted({*suppressed, *kwargs["suppress_tokens"]})
     if generation.do_sample:
         # generate(do_sample=True) draws every row from one random stream, so a row's answer would depend on its
         # batch; each row draws from its own generator instead, and greedy decoding emits the drawn token.
         sampler = RowSampler([int(s) for s in seeds if s is not None], generation.temperature, generation.top_p)
         kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []), sampler])
-    output = model.model.generate(**_to(adapter.generate_inputs(encoded), model.device), **kwargs)
+    try:
+        output = model.model.generate(**_to(adapter.generate_inputs(encoded), model.device), **kwargs)
+    except (TypeError, ValueError) as err:
+        if not generation.kwargs or isinstance(err, VlmLensError):
+            raise
+        raise VlmLensError(f"Generation(kwargs={dict(generation.kwargs)!r}): model.generate refused them "
+                           f"({' '.join(str(err).split())[:300]}). Check the names and values of these arguments of "
+                           "transformers' generate.") from None
     sequences = output if isinstance(output, torch.Tensor) else output.sequences
     new = sequences[:, encoded.input_ids.shape[1]:].tolist()
     eos = adapter.eos_token_ids

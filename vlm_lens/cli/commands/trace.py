@@ -46,8 +46,10 @@ def _write(t, out: Path, topk: int, targets, formats: list[str], figures: bool, 
            steps: "Steps") -> None:
     from ... import plot
 
+    from ...core.checks import make_folder
+
     steps.next("saving the trace")
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out, "--out")
     folder = t.save(out / "trace")
     t.lens(topk=topk).to_csv(out / "lens_topk.csv", index=False)
     written = [folder, out / "lens_topk.csv"]
