@@ -50,7 +50,7 @@ from .checkpoint import (
 from .datasets import Dataset
 from .reducers import Reducer, merge_requests, trace_samples
 
-__all__ = ["RunResult", "default_analyses", "register_default_analyses", "run"]
+__all__ = ["RunResult", "default_analyses", "register_default_analyses", "register_table_upgrade", "run"]
 
 SKIPPED_COLUMNS = ["index", "id", "image", "reason"]
 
@@ -96,6 +96,8 @@ class RunResult:
             raise VlmLensError(f"{str(folder)!r} holds no finished run (no results/meta.json); run it with "
                                "vl.run(..., out=...) first.")
         tables = {p.stem: pd.read_parquet(p) for p in sorted(results.glob("*.parquet")) if p.stem != "skipped"}
+        for upgrade in _UPGRADES:
+            tables = upgrade(tables)
         return cls(tables, pd.read_parquet(results / "skipped.parquet"),
                    json.loads((results / "meta.json").read_text()), folder=results.parent)
 
@@ -106,6 +108,16 @@ class RunResult:
 
 #: Builds the analyses ``run`` computes when none are given; set by the domain layer (``vlm_lens.biqa``).
 _DEFAULT_ANALYSES: Callable[[], list[Reducer]] | None = None
+#: Functions that bring the tables of a run folder written by an earlier version up to date, in order.
+_UPGRADES: list[Callable[[dict[str, pd.DataFrame]], dict[str, pd.DataFrame]]] = []
+
+
+def register_table_upgrade(upgrade: Callable[[dict[str, pd.DataFrame]], dict[str, pd.DataFrame]]) -> None:
+    """Have :meth:`RunResult.load` pass the tables it reads through ``upgrade`` (``{name: frame} -> {name:
+    frame}``), so that a run folder written by an earlier version reads as one written now (a renamed column, say).
+    The layer that owns the tables registers it; registering the same function twice is a no-op."""
+    if upgrade not in _UPGRADES:
+        _UPGRADES.append(upgrade)
 
 
 def register_default_analyses(factory: Callable[[], list[Reducer]]) -> None:
@@ -188,8 +200,9 @@ def _check_analyses(analyses: Sequence[Reducer] | None) -> list[Reducer]:
                            f"{[type(a).__name__ for a in bad] or 'an empty list'}.")
     names = [r.name for r in reducers]
     if len(set(names)) != len(names):
-        raise VlmLensError(f"analyses {names}: each analysis may appear once per run (their tables share names); "
-                           "run a second configuration into another folder.")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise VlmLensError(f"analyses {names}: each table prefix may appear once per run ({twice} would write the "
+                           f"same tables); give each further one its own, e.g. .named('{twice[0]}_2').")
     return [r.fresh() for r in reducers]
 
 
