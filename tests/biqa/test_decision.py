@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.stats
-from conftest import random_image
+from conftest import ZOO_ASK, random_image
 from forced_answers import forced_trace
 
 import vlm_lens as vl
@@ -63,13 +63,9 @@ def test_first_top1_by_hand():
 
 
 @pytest.fixture(scope="module")
-def zoo_run():
-    m = vl.load("zoo:tiny-biqa-one-stage")
-    images, labels = zoo.synthetic(6, seed=1)
-    ds = from_images(images, labels["mos"].tolist())
-    ask = dict(prompt=QALIGN_PROMPT, prefill=False, generate=48)
-    result = run(m, ds, [Quality(n_boot=20, **ask)], batch_size=3, progress=False)
-    return m, images, result, ask
+def zoo_run(zoo_runs):
+    images, _ = zoo.synthetic(6, seed=1)
+    return vl.load("zoo:tiny-biqa-one-stage"), images, zoo_runs["one-stage"], ZOO_ASK
 
 
 def test_first_top1_equals_the_lens_targets_loop_and_the_zoo_reader(zoo_run):
