@@ -39,17 +39,14 @@ from ..runs.reducers import Reducer, TraceRequest, accumulate
 from ..runs.stats import mean_interval
 from .answer import AnswerLayout, locate, query_index, segment_labels
 from .quality import check_question
-from .vocabulary import ANSWER_PREFIX, BIQA_SEGMENTS, LEVELS, QALIGN_PROMPT
+from .vocabulary import ANSWER_PREFIX, ATTENTION_QUERIES, BIQA_SEGMENTS, LEVELS, QALIGN_PROMPT
 
 if TYPE_CHECKING:
     from ..runs.datasets import Sample
     from ..tracing.record import Trace
 
-__all__ = ["NAMED_QUERIES", "Attention", "attention_mass", "image_profile", "mass_by_segment", "patch_map",
-           "query_position", "segment_mass"]
-
-#: The named query rows (see the module docstring); an integer (a sequence position) is a query too.
-NAMED_QUERIES = ("decision", "level", "last")
+__all__ = ["Attention", "attention_mass", "image_profile", "mass_by_segment", "patch_map", "query_position",
+           "segment_mass"]
 
 
 def query_position(trace: "Trace", layout: AnswerLayout, query: str | int) -> int | None:
@@ -65,7 +62,7 @@ def query_position(trace: "Trace", layout: AnswerLayout, query: str | int) -> in
         return layout.level_pos if layout.level_pos is not None else layout.decision_pos
     if query == "last":
         return n - 1
-    raise VlmLensError(f"query={query!r}: expected one of {NAMED_QUERIES} or a sequence position.")
+    raise VlmLensError(f"query={query!r}: expected one of {ATTENTION_QUERIES} or a sequence position.")
 
 
 def _rows(trace: "Trace", position: int) -> torch.Tensor:
@@ -182,8 +179,8 @@ class Attention(Reducer):
                  answer_prefix: str | None = ANSWER_PREFIX, prefill: bool = True, generate: int = 0,
                  levels: Sequence[str] = LEVELS) -> None:
         super().__init__()
-        if not (query in NAMED_QUERIES or (isinstance(query, int) and not isinstance(query, bool))):
-            raise VlmLensError(f"query={query!r}: expected one of {NAMED_QUERIES} or a sequence position.")
+        if not (query in ATTENTION_QUERIES or (isinstance(query, int) and not isinstance(query, bool))):
+            raise VlmLensError(f"query={query!r}: expected one of {ATTENTION_QUERIES} or a sequence position.")
         if query in ("decision", "level"):
             check_question(prefill, generate)
         self.query, self.prompt, self.answer_prefix, self.prefill = query, prompt, answer_prefix, bool(prefill)
