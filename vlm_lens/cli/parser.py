@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     trace = command("trace", "trace one image + prompt: print the answer, the level and the lens where it is decided; "
                     "save the trace, figures and a report",
                     [f'vlm-lens trace ckpt/llava-1.5-7b-hf cat.jpg "{QALIGN_PROMPT}" --prefill',
-                     f'vlm-lens trace ckpt/llava-1.5-7b-hf cat.jpg "{QALIGN_PROMPT}" --generate 48 --out runs/cat --html',
+                     f'vlm-lens trace ckpt/llava-1.5-7b-hf cat.jpg "{QALIGN_PROMPT}" --generate 48 --out runs/cat '
+                     "--html",
                      'vlm-lens trace zoo:tiny-biqa-one-stage img.png "Rate this image." --targets good,poor '
                      "--formats png,pdf --out out/"], trace_command)
     trace.add_argument("model", help="checkpoint folder, cached hub id, or zoo:NAME")
