@@ -192,7 +192,7 @@ def _compare_figure(pair: dict, readings: dict):
             draw_target_words(top, t.lens_targets(list(LEVELS), positions=[reading["decision"]]), ylim=(0.0, 1.0))
             top.set_title(f"{short}: says {reading['level']!r} (score {reading['score']:.2f})")
             draw_attention_mass(bottom, reading["mass"])
-            bottom.set_title(f"{short}: attention of position {reading['decision']} by segment")
+            bottom.set_title(f"{short}: attention of the decision position {reading['decision']} by segment")
     return fig
 
 
@@ -208,7 +208,8 @@ def _attention_figure(masses: pd.DataFrame, path: Path) -> None:
         axes = fig.subplots(1, mean["checkpoint"].nunique(), sharey=True, squeeze=False)[0]
         for ax, (short, table) in zip(axes, mean.groupby("checkpoint", sort=False)):
             draw_attention_mass(ax, table)
-            ax.set_title(f"{short}: where the level word is decided (mean of {images} images)")
+            ax.set_title(f"{short}: where the level word is decided (mean of {images} "
+                         f"image{'s' if images != 1 else ''})")
     save(fig, path, dpi=120)
 
 
