@@ -42,11 +42,11 @@ def test_trace_prints_the_level_score_and_decision_position(zoo_image, capsys):
     layout, row = locate(t), quality(t).iloc[0]
     assert f"level: {layout.level!r} (generated), Q-Align score {row.score:.3f}, decided at the decision position " \
            f"{layout.decision_pos} (before {layout.level!r})" in out
-    assert f"logit lens at position {layout.decision_pos}, the decision position" in out
+    assert f"logit lens at position {layout.decision_pos}: the decision position (before {layout.level!r}):" in out
     table = t.lens(topk=2, positions=[layout.decision_pos]).pivot(index="layer", columns="rank", values="token")
     assert table.to_string() in out
     assert main(["trace", "zoo:tiny-biqa-one-stage", zoo_image, PROMPT, "--generate", "48", "--position", "-1"]) == 0
-    assert f"logit lens at position {len(t.tokens) - 1}, the position" in capsys.readouterr().out
+    assert f"logit lens at position {len(t.tokens) - 1} ('</s>'):" in capsys.readouterr().out
 
 
 def test_trace_with_prefill_reads_the_last_prompt_position(zoo_image, capsys):

@@ -52,7 +52,8 @@ def _summary(t, topk: int, targets: list[str] | None, chosen: int | None, steps:
     else:
         steps.write(f"level: none ({row['no_level_reason']}); no Q-Align score")
     position = read.position if chosen is None else resolve(t, chosen, "--position")
-    steps.write(f"logit lens at position {position}, the {read.describe(t, position)}:")
+    kind, rest = read.describe(t, position).split(f" {position}", 1)  # "decision position", " (before 'poor')"
+    steps.write(f"logit lens at position {position}" + (f": the {kind}{rest}:" if kind != "position" else f"{rest}:"))
     table = t.lens(topk=topk, positions=[position])
     steps.write(table.pivot(index="layer", columns="rank", values="token").to_string())
     if targets:
