@@ -57,8 +57,8 @@ from .attention import (
 from .latent import draw_grid, latent_output
 from .heads import attention_heads, draw_head_mass, head_mass, run_head_mass
 from .pairs import compare
+from .analyses_compared import compare_analyses
 from .run_analyses import (
-           compare_analyses,
            run_first_top1,
            run_instability,
            run_lens_agreement,

@@ -288,12 +288,12 @@ def compare_runs(runs: Mapping[str, Any], figure: str = "attention_mass", *, dif
     Args:
         runs: ``{name: run}`` for exactly two runs (RunResults, run folders or tables), e.g. one checkpoint
             fine-tuned one-stage and one two-stage, run on the same images; two or more for the figures of
-            :data:`~vlm_lens.plot.run_analyses.ANALYSIS_FIGURES`.
+            :data:`~vlm_lens.plot.analyses_compared.ANALYSIS_FIGURES`.
         figure: One of :data:`RUN_FIGURES`: ``"attention_mass"``, ``"image_profile"``, ``"patch_grid"`` (side by
-            side, with the difference), or of :data:`~vlm_lens.plot.run_analyses.ANALYSIS_FIGURES`:
+            side, with the difference), or of :data:`~vlm_lens.plot.analyses_compared.ANALYSIS_FIGURES`:
             ``"first_top1"``, ``"lens_agreement"``, ``"segment_lines"``, ``"instability"``, ``"score_scatter"``
             (one panel per quantity, one colour per run; ``comparison=`` marks significant differences, see
-            :func:`~vlm_lens.plot.run_analyses.compare_analyses`).
+            :func:`~vlm_lens.plot.analyses_compared.compare_analyses`).
         difference: ``"auto"`` adds the difference panel when the panels line up (same layers, segments, token
             count or grid shapes), True requires it (an error says why it cannot be drawn), False leaves it out.
         path: Also save the figure there.
@@ -306,7 +306,7 @@ def compare_runs(runs: Mapping[str, Any], figure: str = "attention_mass", *, dif
     Example:
         >>> fig = compare_runs({"one-stage": "runs/a", "two-stage": "runs/b"}, "patch_grid", layer=8)  # doctest: +SKIP
     """
-    from .run_analyses import ANALYSIS_FIGURES, compare_analyses
+    from .analyses_compared import ANALYSIS_FIGURES, compare_analyses
 
     if figure in ANALYSIS_FIGURES:
         return compare_analyses(runs, figure, path=path, **kwargs)

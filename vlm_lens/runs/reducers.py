@@ -221,9 +221,11 @@ class Reducer:
         return it, so that a run can hold the same analysis twice with different arguments.
 
         Example:
-            >>> from vlm_lens.biqa.analyses import Attention
-            >>> Attention(query="level").named("attention_level").name
-            'attention_level'
+            >>> class Count(Reducer):
+            ...     name = "count"
+            ...     def config(self): return {}
+            >>> Count().named("count_again").name, Count().named("count_again").fresh().name
+            ('count_again', 'count_again')
         """
         if not isinstance(name, str) or not _NAME.fullmatch(name):
             raise VlmLensError(f"named({name!r}): expected a table prefix of lower-case letters, digits and "
