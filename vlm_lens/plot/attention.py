@@ -147,7 +147,7 @@ def _segment_names(ax: "Axes", x: np.ndarray, columns: Sequence["trace_data.Colu
     from matplotlib.transforms import blended_transform_factory, offset_copy
 
     transform = blended_transform_factory(ax.transData, ax.transAxes)
-    points_per_unit = ax.figure.get_size_inches()[0] * 72 * 0.8 / max(x[-1], 1)
+    points_per_unit = ax.figure.get_size_inches()[0] * ax.get_position().width * 72 / max(x[-1], 1)
     bounds = starts + [len(columns)]
     level = 0
     for a, b in zip(bounds[:-1], bounds[1:]):

@@ -43,7 +43,7 @@ def attention_heads(trace: "Trace", query: int | None = None, *, layers: Sequenc
     Args:
         trace: A Trace with attention rows.
         query, layers, image_tokens, max_columns, scale, cmap, vmax: As in :func:`vlm_lens.plot.attention`.
-        columns: Panels per row (default: up to 4).
+        columns: Panels per row (default: as many as fit 16 inches, at most 4).
         path: Also save the figure there.
 
     Returns:
@@ -62,12 +62,13 @@ def attention_heads(trace: "Trace", query: int | None = None, *, layers: Sequenc
     keys = trace_data.build_columns(trace, list(range(position + 1)), image_tokens)
     keys, note = trace_data.bin_columns(keys, max_columns)
     values = [column_values(m, keys) for m in panels]
-    per_row = columns or min(4, n_heads)
-    n_rows = -(-n_heads // per_row)
     width = sum(c.width for c in keys)
+    panel = 0.8 + 0.13 * width  # inches per panel
+    per_row = columns or max(1, min(4, n_heads, int(16 // panel)))
+    n_rows = -(-n_heads // per_row)
     norm = norm_for(scale, vmax if vmax is not None else max(float(v.max()) for v in values))
     with style():
-        fig = new_figure(1.6 + per_row * (0.8 + 0.13 * width), 1.2 + n_rows * (1.3 + 0.16 * len(numbers)))
+        fig = new_figure(1.6 + per_row * panel, 1.2 + n_rows * (1.3 + 0.16 * len(numbers)))
         grid = fig.subplots(n_rows, per_row, sharex=True, sharey=True, squeeze=False)
         for h, ax in enumerate(grid.ravel()):
             if h >= n_heads:
@@ -75,7 +76,7 @@ def attention_heads(trace: "Trace", query: int | None = None, *, layers: Sequenc
                 continue
             mesh = draw_attention(ax, values[h], keys, numbers, norm=norm, cmap=cmap, segment_axis=h < per_row)
             ax.set_label(f"head:{h}")
-            ax.set_title(f"head {h}", fontsize=8, pad=14 if h < per_row else 4)
+            ax.set_title(f"head {h}", fontsize=8, pad=24 if h < per_row else 4)
             if h % per_row:
                 ax.set_ylabel("")
             if h < n_heads - per_row:
