@@ -158,3 +158,6 @@ def test_figures_read_well(rated, models):
     shallow = vl.trace(models["gqa"], random_image(1), PROMPT, generate=2)
     ticks = [t.get_text() for t in axes(plot.attention_mass(shallow), "attention_mass").get_xticklabels()]
     assert ticks == [str(b) for b in shallow.attention_blocks]  # whole layers, never 1.5
+    ranks = axes(plot.target_words(rated, ["good", "poor"], value="rank"), "target_words")
+    shown = [t.get_text() for t in ranks.get_yticklabels()]
+    assert shown[0] == "1" and all(t.isdigit() for t in shown)  # whole ranks, not powers of ten

@@ -148,6 +148,11 @@ def draw_target_words(ax: "Axes", table: pd.DataFrame, *, value: str = "prob", l
         ax.set_yscale("log")
         ax.invert_yaxis()
         ax.set_ylabel("rank (1 = top)")
+        worst = max(float(table["rank"].max()), 2.0)
+        ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
+                 if t <= worst * 1.5]
+        ax.set_yticks(ticks, [str(t) for t in ticks])  # whole ranks, not powers of ten
+        ax.minorticks_off()
     else:
         if log:
             ax.set_yscale("log")
