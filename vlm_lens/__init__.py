@@ -23,7 +23,8 @@ from .core.version import __version__  # noqa: F401 - vl.__version__
 from .extensions import register_all
 
 __all__ = ["Comparison", "Generation", "Keep", "LensModel", "RunResult", "Trace", "VlmLensError", "analyses",
-           "compare", "datasets", "errors", "evaluate", "load", "plot", "run", "trace", "wrap", "write_report", "zoo"]
+           "compare", "datasets", "errors", "evaluate", "load", "plot", "run", "trace", "wrap", "write_report",
+           "write_run_report", "zoo"]
 
 _EXPORTS = {
     "Comparison": ".biqa.comparison:Comparison", "compare": ".biqa.comparison:compare",
@@ -33,7 +34,8 @@ _EXPORTS = {
     "Trace": ".tracing.record:Trace", "trace": ".tracing.tracer:trace",
     "RunResult": ".runs.engine:RunResult", "run": ".runs.engine:run", "datasets": ".runs.datasets",
     "VlmLensError": ".core.errors:VlmLensError", "errors": ".core.errors",
-    "plot": ".plot", "write_report": ".report.html:write_report", "zoo": ".zoo",
+    "plot": ".plot", "write_report": ".report.html:write_report", "write_run_report": ".report.runs:write_run_report",
+    "zoo": ".zoo",
 }
 _REMOVED = {
     "trace_batch": "vl.trace_batch(model, images, prompts, ...) was removed: vl.trace takes a list of prompts (and one "
@@ -51,6 +53,7 @@ if TYPE_CHECKING:  # what static tools and IDEs see; at run time these load on f
     from .core import errors
     from .core.errors import VlmLensError
     from .report.html import write_report
+    from .report.runs import write_run_report
     from .runs import datasets
     from .runs.engine import RunResult, run
     from .tracing.loading import LensModel, load, wrap

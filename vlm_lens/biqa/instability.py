@@ -8,7 +8,7 @@ Per image, from ``k`` sampled answers (temperature and top-p as given; repeat ``
 - ``changed``: the generated level word is not the same in every repeat that produced one (images with fewer
   than two such repeats are not compared, and counted);
 - ``entropy_bits``: the entropy (base 2) of the distribution of generated level words over those repeats;
-- per layer (hidden index), at each repeat's predicting position (the position before the level word, see
+- per layer (hidden index), at each repeat's decision position (the position before the level word, see
   :mod:`vlm_lens.biqa.answer`): ``distinct_top1`` = how many different lens top-1 tokens occur across the repeats,
   ``distinct_topk`` = how many different tokens occur in the union of the repeats' lens top-``topk``, and
   ``level_mass`` = the mean probability the lens gives the level words together.
@@ -33,6 +33,7 @@ import torch
 from ..core.checks import as_bool, as_int, as_number, as_text, as_words, is_integer
 from ..core.errors import VlmLensError
 from ..runs.reducers import Reducer, TraceRequest
+from ..runs.stats import mean_interval, wilson
 from ..tracing.logit_lens import LogitLens
 from .answer import AnswerLayout, level_token_ids, locate
 from .vocabulary import ANSWER_PREFIX, LEVELS, QALIGN_PROMPT
@@ -81,7 +82,7 @@ def _entropy_bits(words: list[str]) -> float:
 def candidate_set(traces: Sequence["Trace"], levels: Sequence[str] = LEVELS, *, topk: int = 5,
                   answer_prefix: str | None = ANSWER_PREFIX,
                   layouts: Sequence[AnswerLayout] | None = None) -> pd.DataFrame:
-    """Per layer, how many distinct lens tokens the repeats of one image produce at their predicting positions.
+    """Per layer, how many distinct lens tokens the repeats of one image produce at their decision positions.
 
     Only repeats that generated a level word take part (``n``).
 
@@ -96,7 +97,7 @@ def candidate_set(traces: Sequence["Trace"], levels: Sequence[str] = LEVELS, *, 
         return pd.DataFrame(columns=columns)
     adapter = used[0][0].model.adapter
     layers = list(used[0][0].layers)
-    hidden = torch.stack([t.hidden_at([layout.predict_pos], layers)[:, 0] for t, layout in used], 1)
+    hidden = torch.stack([t.hidden_at([layout.decision_pos], layers)[:, 0] for t, layout in used], 1)
     probs = torch.softmax(LogitLens(adapter).logits(hidden), -1)  # [layer, repeat, vocab], on the head's device
     top = probs.topk(topk, dim=-1).indices.cpu()  # [layer, repeat, k]
     ids = level_token_ids(adapter.tokenizer, levels)
@@ -123,7 +124,9 @@ class Instability(Reducer):
     Tables: ``samples`` (per image: ``index, id`` + :func:`level_changes`), ``repeats`` (per query: ``index, id,
     repeat, seed, temperature, top_p, level, answer``), ``layer_samples`` (``index, id`` + :func:`candidate_set`),
     ``layers`` (per layer: means over images of ``distinct_top1, distinct_topk, level_mass``, and ``n`` images),
-    ``summary`` (``n_images, n_compared, pct_changed, mean_entropy_bits, k, temperature, top_p, seed``).
+    ``summary`` (``n_images, n_compared, pct_changed, pct_changed_low, pct_changed_high, mean_entropy_bits,
+    mean_entropy_bits_low, mean_entropy_bits_high, k, temperature, top_p, seed``: the share of compared images
+    whose level changes with its 95% Wilson interval, the mean entropy with its Student-t interval).
 
     Example:
         >>> r = vl.run(m, ds, [Instability(k=8, temperature=1.0)], out="runs/unstable")  # doctest: +SKIP
@@ -186,9 +189,13 @@ class Instability(Reducer):
         else:
             layers = pd.DataFrame(columns=["layer", *columns, "n"])
         compared = samples[samples["changed"].notna()] if len(samples) else samples
+        changed = int(compared["changed"].astype(bool).sum()) if len(compared) else 0
+        low, high = wilson(changed, len(compared))
+        entropy = mean_interval(samples["entropy_bits"].to_numpy(float) if len(samples) else np.empty(0))
         summary = pd.DataFrame([{
             "n_images": len(samples), "n_compared": len(compared),
-            "pct_changed": 100.0 * compared["changed"].astype(bool).mean() if len(compared) else np.nan,
-            "mean_entropy_bits": float(samples["entropy_bits"].astype(float).mean()) if len(samples) else np.nan,
+            "pct_changed": 100.0 * changed / len(compared) if len(compared) else np.nan,
+            "pct_changed_low": 100.0 * low, "pct_changed_high": 100.0 * high,
+            "mean_entropy_bits": entropy[0], "mean_entropy_bits_low": entropy[1], "mean_entropy_bits_high": entropy[2],
             "k": self.k, "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}])
         return {**frames, "layers": layers, "summary": summary}

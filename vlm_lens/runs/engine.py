@@ -50,7 +50,7 @@ from .datasets import Dataset
 from .folder import RUN_FILE, check_out, discard, read_results, read_run_info
 from .reducers import Reducer, merge_requests, trace_samples
 
-__all__ = ["RunResult", "default_analyses", "register_default_analyses", "run"]
+__all__ = ["RunResult", "default_analyses", "register_default_analyses", "register_table_upgrade", "run"]
 
 SKIPPED_COLUMNS = ["index", "id", "image", "reason"]
 
@@ -91,9 +91,11 @@ class RunResult:
     @classmethod
     def load(cls, folder: str | Path) -> "RunResult":
         """Read a run folder (the one given as ``out=``) or its ``results/`` folder: the tables the run wrote (other
-        files there are not tables of the run). A damaged file raises
-        :class:`~vlm_lens.core.errors.DamagedFileError` naming it."""
+        files there are not tables of the run), through the registered upgrades of older folders. A damaged file
+        raises :class:`~vlm_lens.core.errors.DamagedFileError` naming it."""
         tables, skipped, meta, results = read_results(as_folder(folder, "folder"))
+        for upgrade in _UPGRADES:
+            tables = upgrade(tables)
         return cls(tables, skipped, meta, folder=results.parent)
 
     def __repr__(self) -> str:
@@ -103,6 +105,16 @@ class RunResult:
 
 #: Builds the analyses ``run`` computes when none are given; set by the domain layer (``vlm_lens.biqa``).
 _DEFAULT_ANALYSES: Callable[[], list[Reducer]] | None = None
+#: Functions that bring the tables of a run folder written by an earlier version up to date, in order.
+_UPGRADES: list[Callable[[dict[str, pd.DataFrame]], dict[str, pd.DataFrame]]] = []
+
+
+def register_table_upgrade(upgrade: Callable[[dict[str, pd.DataFrame]], dict[str, pd.DataFrame]]) -> None:
+    """Have :meth:`RunResult.load` pass the tables it reads through ``upgrade`` (``{name: frame} -> {name:
+    frame}``), so that a run folder written by an earlier version reads as one written now (a renamed column, say).
+    The layer that owns the tables registers it; registering the same function twice is a no-op."""
+    if upgrade not in _UPGRADES:
+        _UPGRADES.append(upgrade)
 
 
 def register_default_analyses(factory: Callable[[], list[Reducer]]) -> None:
@@ -190,8 +202,9 @@ def _check_analyses(analyses: Sequence[Reducer] | None) -> list[Reducer]:
                            f"{[type(a).__name__ for a in bad] or 'an empty list'}.")
     names = [r.name for r in reducers]
     if len(set(names)) != len(names):
-        raise VlmLensError(f"analyses {names}: each analysis may appear once per run (their tables share names); "
-                           "run a second configuration into another folder.")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise VlmLensError(f"analyses {names}: each table prefix may appear once per run ({twice} would write the "
+                           f"same tables); give each further one its own, e.g. .named('{twice[0]}_2').")
     return [r.fresh() for r in reducers]
 
 

@@ -60,7 +60,8 @@ class Trace:
         attention: ``[layer, head, query, key]`` float32 attention probabilities of the query positions over all
             ``key`` positions (keys = the whole sequence), or None; row ``i`` is decoder layer
             ``attention_layers[i]`` (0-based: its output is hidden index ``attention_layers[i] + 1``).
-        attention_layers: Decoder layer (0-based) of each row of ``attention``.
+        attention_layers: Decoder layer (0-based module index, as ``Keep(attention=[...])`` takes it) of each row
+            of ``attention``. Tables and figures number these rows by :attr:`attention_blocks` instead.
         prompt_length: Number of prompt positions; positions from there on are the response.
         meta: Where the trace came from (model name, family, prompt, generation settings).
     """
@@ -118,6 +119,13 @@ class Trace:
         if self.model is None:
             return "".join(self.tokens["text"].iloc[self.prompt_length:])
         return self.model.adapter.tokenizer.decode(self.response_ids, skip_special_tokens=True).strip()
+
+    @property
+    def attention_blocks(self) -> list[int]:
+        """The layer number of each row of ``attention`` as every table and figure shows it: decoder block ``l``
+        (1 = the first), the block whose output is hidden index ``l`` of :attr:`layers` — so attention and logit
+        lens of the same layer number line up. Equal to ``[l + 1 for l in attention_layers]``."""
+        return [int(l) + 1 for l in self.attention_layers]
 
     @property
     def image_spans(self) -> list[Span]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from ..progress import Steps
-from .dataset_args import check_sampling, dataset_of, instability_of, question_of
+from .dataset_args import check_decided, check_sampling, dataset_of, instability_of, question_of
 from .tables import correlations_text
 
 __all__ = ["eval_command"]
@@ -13,10 +13,12 @@ __all__ = ["eval_command"]
 
 def eval_command(args: argparse.Namespace) -> int:
     check_sampling(args, args.samples is not None, "ask for it with --samples K")
+    check_decided(args, reads_level=True)
     dataset = dataset_of(args)
     question = question_of(args)
     instability = instability_of(args, question) if args.samples is not None else None  # bad settings fail now
-    with Steps(2 + (instability is not None) + (args.out is not None), "vlm-lens eval") as steps:
+    with Steps(2 + (instability is not None) + (args.out is not None), "vlm-lens eval",
+               args.verbose) as steps:
         from ...biqa.evaluation import evaluate
         from ...core.checks import make_folder
         from ...runs import run
