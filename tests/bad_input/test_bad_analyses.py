@@ -36,7 +36,7 @@ CASES = [
     _built("quality-weights-a-name-of-no-set", lambda: Quality(weights="1-10"), ["weights='1-10'"]),
     _built("quality-prompt-none", lambda: Quality(prompt=None), ["prompt=None", "string"]),
     _built("quality-good-poor-one-string", lambda: Quality(good_poor="good"), ["good_poor='good'"]),
-    _built("attention-query-unknown", lambda: Attention(query="x"), ["query='x'", "'predict'"]),
+    _built("attention-query-unknown", lambda: Attention(query="x"), ["query='x'", "'decision'"]),
     _built("attention-prefill-text", lambda: Attention(prefill="yes"), ["prefill='yes'"]),
     _built("attention-generate-negative", lambda: Attention(generate=-1), ["generate=-1"]),
     _built("attention-levels-empty-word", lambda: Attention(levels=["good", ""]), ["'' is not a word"]),
