@@ -114,15 +114,44 @@ def segment_positions(trace, name: str) -> list[int]:
 def teacher_forced_inputs(m, images: list, trace) -> dict[str, Any]:
     """The processor's own inputs for the trace's rendered prompt, with its answer appended (one sample, unpadded):
     what a transformers user would pass to score that answer."""
-    inputs = dict(m.processor(images=m.adapter.processor_images([list(images)]), text=[trace.meta["rendered_prompt"]],
+    return inputs_with_answer(m, images, trace.meta["rendered_prompt"], trace.response_ids)
+
+
+def inputs_with_answer(m, images: list, rendered: str, answer: Sequence[int]) -> dict[str, Any]:
+    """Processor inputs of ``rendered`` (one sample) with ``answer`` token ids appended."""
+    inputs = dict(m.processor(images=m.adapter.processor_images([list(images)]), text=[rendered],
                               return_tensors="pt"))
     inputs.pop("labels", None)
-    answer = torch.tensor([trace.response_ids], dtype=torch.long)
-    n = answer.shape[1]
-    fill = {"input_ids": answer, "attention_mask": torch.ones(1, n, dtype=torch.long),
+    tail = torch.tensor([list(answer)], dtype=torch.long)
+    n = tail.shape[1]
+    fill = {"input_ids": tail, "attention_mask": torch.ones(1, n, dtype=torch.long),
             "token_type_ids": torch.ones(1, n, dtype=torch.long),      # PaliGemma: the answer is the causal suffix
             "mm_token_type_ids": torch.zeros(1, n, dtype=torch.long)}  # Qwen2-VL: answer tokens are text
     for name, extra in fill.items():
         if name in inputs and n:
             inputs[name] = torch.cat([inputs[name], extra.to(inputs[name].dtype)], dim=1)
     return inputs
+
+
+def greedy_without_cache(m, hf_model: Any, layers: Sequence[torch.nn.Module], inputs_for: Callable, steps: int,
+                         knock_for: Callable, **forward: Any) -> tuple[list[int], torch.Tensor]:
+    """Greedy decoding by full forwards of ``hf_model`` (no KV cache), the masks edited by hand at every step.
+
+    Args:
+        inputs_for: ``answer ids so far -> model inputs`` of prompt + answer.
+        knock_for: ``answer ids so far -> knock`` (see :func:`hooked_forward`).
+        forward: Further arguments of :func:`hooked_forward` (``attention``, ``mask_index``).
+
+    Returns:
+        The answer (up to and including an end-of-sequence token) and ``[step, vocab]`` logits of each step.
+    """
+    answer, logits = [], []
+    for _ in range(steps):
+        out = hooked_forward(hf_model, layers, inputs_for(answer), knock=knock_for(answer), **forward)
+        logits.append(out.logits[-1])
+        last = out.logits[-1].clone()
+        last[m.adapter.placeholder_ids] = float("-inf")
+        answer.append(int(last.argmax()))
+        if answer[-1] in m.adapter.eos_token_ids:
+            break
+    return answer, torch.stack(logits)

@@ -9,7 +9,14 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import PROMPT, random_image
-from interventions_reference import at, hooked_forward, segment_positions, teacher_forced_inputs
+from interventions_reference import (
+    at,
+    greedy_without_cache,
+    hooked_forward,
+    inputs_with_answer,
+    segment_positions,
+    teacher_forced_inputs,
+)
 from transformers import AutoModelForImageTextToText
 
 import vlm_lens as vl
@@ -96,41 +103,22 @@ def test_knocking_out_keys_the_query_cannot_see_changes_nothing(models):
     assert torch.equal(t.attention, plain.attention)
 
 
-def _greedy_without_cache(m, eager, image, prompt, steps, knock_for):
-    """Greedy decoding by full forwards of the eager model, the mask edited by hand at every step:
-    ``knock_for(ids, prompt_length)`` -> the ``knock`` of :func:`hooked_forward` for the sequence so far."""
-    rendered = m.adapter.format_prompt(prompt, 1).text
-    inputs = dict(m.processor(images=[image], text=[rendered], return_tensors="pt"))
-    ids = inputs.pop("input_ids")
-    prompt_length = ids.shape[1]
-    answer, logits = [], []
-    for _ in range(steps):
-        step = {**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        out = hooked_forward(eager, layers_of(eager), step, knock=knock_for(ids[0].tolist(), prompt_length))
-        last = out.logits[-1].clone()
-        logits.append(out.logits[-1])
-        last[m.adapter.placeholder_ids] = float("-inf")
-        token = int(last.argmax())
-        answer.append(token)
-        ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
-        if token in m.adapter.eos_token_ids:
-            break
-    return answer, torch.stack(logits)
-
-
 def test_generation_under_knockout_equals_a_manual_greedy_loop(models, eagers):
     m, eager, image = models["gqa"], eagers("gqa"), random_image(8)
     ko = vl.knockout(["system", "instruction", "response"], "image", layers=None)
     t = vl.trace(m, image, PROMPT, generate=6, intervene=[ko])
     segments = t.tokens.segment.tolist()
 
-    def knock_for(ids, prompt_length):
-        labels = segments[:prompt_length] + ["response"] * (len(ids) - prompt_length)
+    def knock_for(length, prompt_length):
+        labels = segments[:prompt_length] + ["response"] * (length - prompt_length)
         queries = [p for p, s in enumerate(labels) if s != "image"]
         image_pos = [p for p, s in enumerate(labels) if s == "image"]
         return {layer: [(None, queries, image_pos)] for layer in range(m.adapter.n_layers)}
 
-    answer, logits = _greedy_without_cache(m, eager, image, PROMPT, 6, knock_for)
+    rendered = t.meta["rendered_prompt"]
+    answer, logits = greedy_without_cache(m, eager, layers_of(eager),
+                                          lambda ids: inputs_with_answer(m, [image], rendered, ids), 6,
+                                          lambda ids: knock_for(t.prompt_length + len(ids), t.prompt_length))
     assert t.response_ids == answer
     torch.testing.assert_close(t.logits[:len(answer)], logits, atol=ATOL, rtol=0)  # the Trace is what generated it
     assert t.meta["interventions"][0]["same_rows_in_generation"] is True
