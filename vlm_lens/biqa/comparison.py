@@ -10,7 +10,9 @@ pairwise against the first run (the reference):
 - per layer (logit lens at the predicting position): ``kl`` and ``level_mass`` by the Wilcoxon signed-rank test
   over samples, ``agree`` and ``level_agree`` by McNemar's exact test;
 - attention mass per (layer, segment) (mean over heads): Wilcoxon over samples;
-- instability: whether the level changes (McNemar, over images compared in both runs) and its entropy (Wilcoxon).
+- instability: whether the level changes (McNemar, over images compared in both runs) and its entropy (Wilcoxon);
+- effects of knockouts and patching (:mod:`vlm_lens.biqa.effect_comparison`): per effect, ``d_score`` and
+  ``d_logp`` by Wilcoxon, flips by McNemar.
 
 A run compared with itself gives zero differences and p = 1 everywhere.
 
@@ -32,6 +34,7 @@ from ..core.errors import VlmLensError
 from ..runs.checkpoint import write_json, write_table
 from ..runs.engine import RunResult
 from ..runs.stats import correlations, mcnemar, paired_correlations, wilcoxon
+from .effect_comparison import EFFECT_TABLES, compare_effects
 
 __all__ = ["Comparison", "compare"]
 
@@ -51,8 +54,10 @@ class Comparison:
             ``layer_differences`` (``a, b, layer, quantity, mean_a, mean_b, diff, p, test, n``), ``attention``
             (``run, layer, segment, mass, n``), ``attention_differences`` (``a, b, layer, segment, mass_a,
             mass_b, shift, p, n``), ``instability`` (``run, pct_changed, mean_entropy_bits, n``),
-            ``instability_differences`` (``a, b, quantity, value_a, value_b, diff, p, test, n``). Tables of an
-            analysis that not every run has are absent (see ``notes``).
+            ``instability_differences`` (``a, b, quantity, value_a, value_b, diff, p, test, n``), ``knockout`` /
+            ``patching`` and ``knockout_differences`` / ``patching_differences`` (see
+            :func:`~vlm_lens.biqa.effect_comparison.compare_effects`). Tables of an analysis that not every run has
+            are absent (see ``notes``).
         notes: What was aligned or left out, and why.
     """
 
@@ -114,6 +119,9 @@ def compare(runs: Mapping[str, RunResult | str | Path], *, n_boot: int = 1000, s
         _attention(loaded, common, out)
     if _shared(loaded, "instability.samples", out.notes):
         _instability(loaded, common, out)
+    for analysis in EFFECT_TABLES:
+        if _shared(loaded, f"{analysis}.samples", out.notes):
+            out.tables.update(compare_effects(loaded, common, analysis))
     return out
 
 
@@ -130,7 +138,8 @@ def _common_ids(runs: dict[str, RunResult], notes: list[str]) -> list[str]:
     per_run = {}
     for name, r in runs.items():
         table = next((r.tables[t] for t in ("quality.samples", "attention.samples", "instability.samples",
-                                            "grounding.samples") if t in r.tables), None)
+                                            "grounding.samples", "knockout.samples", "patching.samples")
+                      if t in r.tables), None)
         per_run[name] = list(dict.fromkeys(table["id"].astype(str))) if table is not None else []
     reference = per_run[next(iter(runs))]
     shared = set.intersection(*(set(ids) for ids in per_run.values()))

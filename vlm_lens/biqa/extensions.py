@@ -2,16 +2,19 @@
 
 - ``t.quality()`` and ``t.attention_mass()`` on every :class:`~vlm_lens.Trace` (the readings of this layer);
 - the analyses ``vl.run`` computes when given none (Q-Align quality with the per-layer lens, attention by segment);
-- the ``"q-align"`` prompt format of the mPLUG-Owl2 family.
+- the ``"q-align"`` prompt format of the mPLUG-Owl2 family;
+- the position names ``"decision"`` and ``"description"`` of interventions (``vl.knockout("decision", ...)``).
 
 Imported by ``import vlm_lens`` on first use (see docs/architecture.md, "Registrations").
 """
 
 from ..models.mplug_owl2.prompts import register_prompt_format
 from ..runs.engine import register_default_analyses
+from ..tracing.positions import register_position
 from ..tracing.record import register_trace_method
 from .attention import attention_mass
 from .evaluation import default_analyses
+from .positions import decision, description
 from .qalign import QALIGN_FORMAT
 from .quality import quality
 
@@ -19,3 +22,5 @@ register_trace_method("quality", quality)
 register_trace_method("attention_mass", attention_mass)
 register_default_analyses(default_analyses)
 register_prompt_format(QALIGN_FORMAT)
+register_position("decision", decision)
+register_position("description", description)

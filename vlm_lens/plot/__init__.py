@@ -23,6 +23,8 @@ And of a dataset run's attention analysis (means over samples; a RunResult, its 
 :func:`run_image_profile`   layer x image-token-index heatmap of its attention on the image
 :func:`run_patch_grid`      that attention on the image's patch grid at one layer (spatial families)
 :func:`compare_runs`        any of these for two runs, one shared scale, plus a difference panel
+:func:`knockout_effects`    segment x layer window: mean effect of a knockout at the decision (runs side by side)
+:func:`patching_curve`      per hidden index: mean effect of patching another checkpoint's residual stream
 ==========================  ===================================================================================
 
 Example:
@@ -46,6 +48,7 @@ from .attention import (
            patch_overlay,
 )
 from .latent import draw_grid, latent_output
+from .interventions import knockout_effects, patching_curve
 from .pairs import compare
 from .run_figures import (
            compare_runs,
@@ -57,6 +60,6 @@ from .style import save
 from .topk import draw_target_words, draw_topk, target_words, topk
 
 __all__ = ["TracePlots", "attention", "attention_mass", "compare", "compare_runs", "draw_attention",
-           "draw_attention_mass", "draw_grid", "draw_patch_grids", "draw_target_words", "draw_topk", "latent_output",
-           "patch_overlay", "run_attention_mass", "run_image_profile", "run_patch_grid", "save", "target_words",
-           "topk"]
+           "draw_attention_mass", "draw_grid", "draw_patch_grids", "draw_target_words", "draw_topk",
+           "knockout_effects", "latent_output", "patch_overlay", "patching_curve", "run_attention_mass",
+           "run_image_profile", "run_patch_grid", "save", "target_words", "topk"]
