@@ -223,3 +223,17 @@ def test_the_trace_records_its_interventions_and_keeps_them_when_saved(models, t
     back = vl.Trace.load(t.save(tmp_path / "t"), model=m)
     assert back.meta["interventions"] == records
     assert "interventions" not in vl.trace(m, image, PROMPT).meta
+
+
+def test_a_model_running_eager_attention_is_knocked_out_alike(models, eagers):
+    """Eager models get an additive mask and their rows from the returned weights: the same numbers as SDPA."""
+    m, image = models["gqa"], random_image(20)
+    eager = vl.wrap(eagers("gqa"), m.processor)
+    base = vl.trace(m, image, PROMPT, generate=3)
+    ko = [vl.knockout("response", "image", layers=[0, 2], heads=[1])]
+    a = vl.trace(m, image, PROMPT, response=base, intervene=ko)
+    b = vl.trace(eager, image, PROMPT, response=base, intervene=ko)
+    torch.testing.assert_close(b.logits, a.logits, atol=ATOL, rtol=0)
+    torch.testing.assert_close(b.attention, a.attention, atol=1e-5, rtol=0)
+    assert torch.all(b.attention[[0, 2]][:, 1][:, 1:, base.spans["image"].slice] == 0)
+    assert eager.adapter.text_config._attn_implementation == "eager"

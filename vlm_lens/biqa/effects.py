@@ -12,7 +12,7 @@ per batched forward (:func:`sweep`). The text stays the model's own, so only the
 is read at the decision position (:func:`~vlm_lens.biqa.positions.decision_position`):
 
 - ``d_score``: Q-Align score (softmax over the level words, weights 5..1) after minus before, and ``abs_d_score``
-  its size (how far the score moved, whichever way);
+  its size (how far the score moved, whichever way); changes below :data:`NOISE` (float32 rounding) are 0;
 - ``d_logp``: log-probability (whole vocabulary) of the chosen level word after minus before — the level word
   with the largest logit before (the generated one, for greedy answers);
 - ``flipped``: whether the level word with the largest logit changed.
@@ -52,10 +52,19 @@ if TYPE_CHECKING:
     from ..tracing.loading import LensModel
     from ..tracing.record import Trace
 
-__all__ = ["KnockoutEffects", "Reading", "effect_summary", "read", "sweep", "windows"]
+__all__ = ["KnockoutEffects", "NOISE", "Reading", "change", "effect_summary", "read", "sweep", "windows"]
 
 #: Default segments whose direct path to the decision is cut.
 KNOCKOUT_SEGMENTS = ("image", "instruction", "description")
+#: Changes of a score or log-probability smaller than this are float32 rounding between forwards of different batch
+#: shapes (an intervention that changes nothing moves the score by ~1e-8), and are recorded as 0.
+NOISE = 1e-6
+
+
+def change(after: float, before: float) -> float:
+    """``after - before``, 0 below :data:`NOISE`."""
+    d = after - before
+    return 0.0 if abs(d) < NOISE else d
 
 
 @dataclass(frozen=True)
@@ -205,9 +214,9 @@ class KnockoutEffects(Reducer):
             self.emit("samples", {"index": sample.index, "id": sample.id, "segment": segment,
                                   "window": f"{layers[0] + 1}-{layers[-1] + 1}", "first": layers[0] + 1,
                                   "last": layers[-1] + 1, "n_keys": n_keys, "score_base": before.score,
-                                  "score": after.score, "d_score": after.score - before.score,
-                                  "abs_d_score": abs(after.score - before.score),
-                                  "logp_base": before.logp, "logp": after.logp, "d_logp": after.logp - before.logp,
+                                  "score": after.score, "d_score": change(after.score, before.score),
+                                  "abs_d_score": abs(change(after.score, before.score)),
+                                  "logp_base": before.logp, "logp": after.logp, "d_logp": change(after.logp, before.logp),
                                   "level_base": before.level, "level": after.level,
                                   "flipped": after.level != before.level})
 

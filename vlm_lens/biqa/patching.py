@@ -37,7 +37,7 @@ from ..tracing.loading import LensModel
 from ..tracing.settings import Keep
 from ..tracing.tracer import trace
 from .answer import level_token_ids, query_index
-from .effects import effect_summary, read, sweep
+from .effects import change, effect_summary, read, sweep
 from .positions import decision_position, positions_of
 from .quality import _check_levels
 from .vocabulary import ANSWER_PREFIX, LEVELS, QALIGN_PROMPT, WEIGHTS
@@ -153,13 +153,13 @@ class PatchingEffects(Reducer):
         logits = sweep(model, rows, self.prompt, prefill, [m[4] for m in meta], self.sweep_batch)
         for (sample, segment, layer, n, _, before, theirs), z in zip(meta, logits):
             after = read(z, ids, self.levels, self.weights, chosen=before.level)
-            gap = theirs.score - before.score
+            gap, moved = theirs.score - before.score, change(after.score, before.score)
             self.emit("samples", {
                 "index": sample.index, "id": sample.id, "segment": segment, "layer": layer, "n_positions": n,
                 "score_target": before.score, "score_source": theirs.score, "score": after.score,
-                "d_score": after.score - before.score, "abs_d_score": abs(after.score - before.score),
-                "recovered": (after.score - before.score) / gap if abs(gap) >= self.min_gap else np.nan,
-                "logp_target": before.logp, "logp": after.logp, "d_logp": after.logp - before.logp,
+                "d_score": moved, "abs_d_score": abs(moved),
+                "recovered": moved / gap if abs(gap) >= self.min_gap else np.nan,
+                "logp_target": before.logp, "logp": after.logp, "d_logp": change(after.logp, before.logp),
                 "level_target": before.level, "level_source": theirs.level, "level": after.level,
                 "flipped": after.level != before.level, "to_source": after.level == theirs.level})
 

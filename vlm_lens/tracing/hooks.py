@@ -228,19 +228,20 @@ def _gather_rows(weights: torch.Tensor, positions: torch.Tensor) -> torch.Tensor
 def _make_function(base: str) -> Callable:
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    delegate = ALL_ATTENTION_FUNCTIONS[base]
+    fixed = None if base == "eager" else ALL_ATTENTION_FUNCTIONS[base]
     # an edited mask is an arbitrary one: kernels that take none (flash) hand the edited layers to SDPA
-    masked = delegate if base in ("sdpa", "eager") else ALL_ATTENTION_FUNCTIONS["sdpa"]
+    masked = fixed if base == "sdpa" else None if base == "eager" else ALL_ATTENTION_FUNCTIONS["sdpa"]
 
     def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                   attention_mask: torch.Tensor | None, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+        delegate = fixed or _eager_of(module)  # eager is each family's own function, not a registered one
         run = delegate
         editor = _editors.get(id(module))
         if editor is not None:
             edited = editor[0].edit_mask(editor[1], module, query, key, attention_mask, kwargs,
                                          additive=base == "eager")
             if edited is not None:
-                attention_mask, run = edited, masked
+                attention_mask, run = edited, masked or delegate
         output, weights = run(module, query, key, value, attention_mask, *args, **kwargs)
         entry = _active.get(id(module))
         if entry is not None:
@@ -304,6 +305,17 @@ def remove_editors(editor: Any) -> None:
     with _lock:
         for key in [k for k, (e, _) in _editors.items() if e is editor]:
             del _editors[key]
+
+
+def _eager_of(module: nn.Module) -> Callable:
+    """The eager attention function of ``module``'s family: the ``eager_attention_forward`` of the module that
+    defines its class (every transformers family and vlm_lens's mPLUG-Owl2 port have one), else LLaMA's."""
+    import sys
+
+    found = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if found is None:
+        from transformers.models.llama.modeling_llama import eager_attention_forward as found
+    return found
 
 
 def _register(base: str) -> None:
