@@ -7,7 +7,8 @@ index 0) return the replaced residual stream. Hidden states are recorded by hook
 ones, so they show the replaced values, as a Trace must.
 
 Example:
-    >>> out = hooked_forward(eager, adapter, inputs, knock={0: [(None, [20, 21], list(range(3, 19)))]})  # doctest: +SKIP
+    >>> knock = {0: [(None, [20, 21], list(range(3, 19)))]}                    # doctest: +SKIP
+    >>> out = hooked_forward(eager, layers, inputs, knock=knock)               # doctest: +SKIP
     >>> out.logits.shape, out.hidden.shape      # [pos, vocab], [n_layers + 1, pos, d_model]          # doctest: +SKIP
 """
 

@@ -22,7 +22,7 @@ from vlm_lens.core.spans import Span
 from vlm_lens.runs.datasets import from_images
 from vlm_lens.runs.reducers import trace_samples
 from vlm_lens.tracing.editing import InterventionWarning
-from vlm_lens.tracing.positions import SequenceView, _RESOLVERS, register_position
+from vlm_lens.tracing.positions import _RESOLVERS, SequenceView, register_position
 
 PROMPT = zoo.PROMPTS[0]
 

@@ -43,7 +43,8 @@ def test_knockout_equals_eager_with_a_hand_edited_mask(m, eager, single):
     t = vl.trace(m, images, prompt, response=base, keep=everything(base), intervene=ko)
     last = m.adapter.n_layers - 1
     ref = hooked_forward(eager, layers(eager), teacher_forced_inputs(m, images, base), output_attentions=True,
-                         knock={0: [(None, image_pos, instruction)], last: [([0, 2], instruction + response, image_pos)]})
+                         knock={0: [(None, image_pos, instruction)],
+                                last: [([0, 2], instruction + response, image_pos)]})
     torch.testing.assert_close(t.logits, ref.logits, atol=ATOL, rtol=0)
     torch.testing.assert_close(t.hidden, ref.hidden, atol=ATOL, rtol=0)
     torch.testing.assert_close(t.attention, torch.stack(ref.attentions).float(), atol=1e-5, rtol=0)

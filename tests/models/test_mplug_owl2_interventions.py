@@ -10,8 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from interventions_reference import (
+    at,
+    greedy_without_cache,
+    hooked_forward,
+    segment_positions,
+)
 from PIL import Image
-from interventions_reference import at, greedy_without_cache, hooked_forward, segment_positions
 
 import vlm_lens as vl
 

@@ -164,7 +164,8 @@ class KnockoutEffects(Reducer):
                 raise VlmLensError(f"{name}={value!r}: expected a number of decoder layers >= 1, or None.")
         self.segments, self.window, self.stride = list(segments), window, stride
         self.heads = None if heads is None else [int(h) for h in heads]
-        self.prompt, self.answer_prefix, self.prefill, self.generate = prompt, answer_prefix, bool(prefill), int(generate)
+        self.prompt, self.answer_prefix = prompt, answer_prefix
+        self.prefill, self.generate = bool(prefill), int(generate)
         self.levels, self.weights, self.sweep_batch = list(levels), [float(w) for w in weights], int(sweep_batch)
 
     def config(self) -> dict[str, Any]:
@@ -216,7 +217,8 @@ class KnockoutEffects(Reducer):
                                   "last": layers[-1] + 1, "n_keys": n_keys, "score_base": before.score,
                                   "score": after.score, "d_score": change(after.score, before.score),
                                   "abs_d_score": abs(change(after.score, before.score)),
-                                  "logp_base": before.logp, "logp": after.logp, "d_logp": change(after.logp, before.logp),
+                                  "logp_base": before.logp, "logp": after.logp,
+                                  "d_logp": change(after.logp, before.logp),
                                   "level_base": before.level, "level": after.level,
                                   "flipped": after.level != before.level})
 

@@ -66,10 +66,10 @@ class PatchingEffects(Reducer):
         sweep_batch: Teacher-forced passes per forward.
 
     Tables: ``samples`` (``index, id, segment, layer, n_positions, score_target, score_source, score, d_score,
-    abs_d_score, recovered, logp_target, logp, d_logp, level_target, level_source, level, flipped, to_source``), ``effects``
-    (per segment and layer: ``n``, mean ``d_score`` with ``low, high, p``, means of ``abs_d_score``, ``d_logp``,
-    ``flip_rate``, means of
-    ``recovered`` and ``to_source``), ``summary`` (``n_samples, n_used, n_no_level`` and ``n_unmatched_<segment>``).
+    abs_d_score, recovered, logp_target, logp, d_logp, level_target, level_source, level, flipped, to_source``),
+    ``effects`` (per segment and layer: ``n``, mean ``d_score`` with ``low, high, p``, means of ``abs_d_score``,
+    ``d_logp``, ``flip_rate``, ``recovered`` and ``to_source``), ``summary`` (``n_samples, n_used, n_no_level``
+    and ``n_unmatched_<segment>``).
     """
 
     name = "patching"
@@ -95,7 +95,8 @@ class PatchingEffects(Reducer):
             raise VlmLensError(f"layers={list(layers)}: expected hidden indices 0..{n} of the source.")
         self.source, self.segments = source, list(segments)
         self._fingerprint = model_fingerprint(source)  # the run's fingerprint names the source's weights
-        self.prompt, self.answer_prefix, self.prefill, self.generate = prompt, answer_prefix, bool(prefill), int(generate)
+        self.prompt, self.answer_prefix = prompt, answer_prefix
+        self.prefill, self.generate = bool(prefill), int(generate)
         self.levels, self.weights = list(levels), [float(w) for w in weights]
         self.min_gap, self.sweep_batch = float(min_gap), int(sweep_batch)
 

@@ -23,8 +23,9 @@ knockout at ``"decision"`` acts while the level is generated exactly where the T
 those of :mod:`vlm_lens.biqa.vocabulary`; analyses with other level words pass positions as integers.
 
 Example:
-    >>> t = vl.trace(m, image, prompt, generate=48, intervene=[vl.knockout("decision", "description", [2, 3])])  # doctest: +SKIP
-    >>> t.meta["interventions"][0]["resolved"]["queries"] == [decision_position(t)]                           # doctest: +SKIP
+    >>> ko = vl.knockout("decision", "description", [2, 3])                              # doctest: +SKIP
+    >>> t = vl.trace(m, image, prompt, generate=48, intervene=[ko])                       # doctest: +SKIP
+    >>> t.meta["interventions"][0]["resolved"]["queries"] == [decision_position(t)]       # doctest: +SKIP
     True
 """
 

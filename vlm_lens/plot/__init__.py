@@ -47,8 +47,8 @@ from .attention import (
            draw_patch_grids,
            patch_overlay,
 )
-from .latent import draw_grid, latent_output
 from .interventions import knockout_effects, patching_curve
+from .latent import draw_grid, latent_output
 from .pairs import compare
 from .run_figures import (
            compare_runs,

@@ -9,8 +9,9 @@ Two figures, drawn from the tables the effect analyses leave in a run (they neve
   each segment (``patching.effects``), one line per segment, with its 95% interval.
 
 Example:
-    >>> fig = vl.plot.knockout_effects({"one-stage": "runs/one", "two-stage": "runs/two"}, path="ko.png")  # doctest: +SKIP
-    >>> fig = vl.plot.patching_curve("runs/two-from-one", quantity="recovered", path="patch.png")        # doctest: +SKIP
+    >>> runs = {"one-stage": "runs/one", "two-stage": "runs/two"}                         # doctest: +SKIP
+    >>> fig = vl.plot.knockout_effects(runs, path="ko.png")                               # doctest: +SKIP
+    >>> fig = vl.plot.patching_curve("runs/two", quantity="recovered", path="patch.png")  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -22,11 +22,10 @@ check that the teacher-forced pass intervened on the same rows (:func:`mismatche
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
-
-import warnings
 
 import torch
 from torch import nn

@@ -135,7 +135,8 @@ def knockout(queries: PositionSpec, keys: PositionSpec, layers: LayerSpec, heads
         heads: Head indices; None for all heads.
 
     Example:
-        >>> t = vl.trace(m, img, prompt, generate=8, intervene=[vl.knockout("response", "image", range(4))])  # doctest: +SKIP
+        >>> ko = vl.knockout("response", "image", range(4))                              # doctest: +SKIP
+        >>> t = vl.trace(m, img, prompt, generate=8, intervene=[ko])                       # doctest: +SKIP
         >>> t.attention[:4, :, :, t.spans["image"].slice].sum()   # exactly 0 at response rows  # doctest: +SKIP
     """
     return Knockout(_positions(queries, "knockout(queries=...)"), _positions(keys, "knockout(keys=...)"),

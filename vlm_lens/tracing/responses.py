@@ -56,6 +56,6 @@ def _ids(model: "LensModel", answer: Any, argument: str) -> list[int]:
     vocab = int(model.adapter.output_head.weight.shape[0])
     bad = [t for t in answer if not 0 <= t < vocab or t in model.adapter.placeholder_ids]
     if bad:
-        raise VlmLensError(f"{argument}: token ids {bad[:5]} are not answer tokens of this model (valid: 0..{vocab - 1}, "
-                           "image placeholders excluded).")
+        raise VlmLensError(f"{argument}: token ids {bad[:5]} are not answer tokens of this model (valid: "
+                           f"0..{vocab - 1}, image placeholders excluded).")
     return list(answer)

@@ -220,8 +220,9 @@ def _forward(model: LensModel, prepared: _Prepared, sequences: _Sequences) -> tu
     recorder = Recorder(adapter, prepared.hidden_layers, query_index if prepared.attention_layers else None,
                         prepared.attention_layers, dtype=prepared.keep.dtype, device=prepared.keep.device,
                         keep_index=keep_index)
-    editing = _editing(model, prepared, [_view(model, prepared, i, sequences.ids[i], sequences.responses[i], True)
-                                         for i in range(len(sequences.ids))], sequences.pads)
+    views = [_view(model, prepared, i, ids, response, True)
+             for i, (ids, response) in enumerate(zip(sequences.ids, sequences.responses))]
+    editing = Editing(adapter, prepared.interventions, views, sequences.pads)
     with editing, recorder:
         output = model.model(**forward, use_cache=False)
     logits = output.logits
@@ -281,9 +282,9 @@ def _generate(model: LensModel, prepared: _Prepared, generation: Generation) -> 
         sampler = RowSampler([int(s) for s in seeds if s is not None], generation.temperature, generation.top_p)
         kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []), sampler])
     width = encoded.input_ids.shape[1]
-    editing = _editing(model, prepared, [_view(model, prepared, i, encoded.input_ids[i][encoded.attention_mask[i]
-                                                                                     .bool()].tolist(), [], False)
-                                         for i in range(len(encoded.lengths))], [width - n for n in encoded.lengths])
+    views = [_view(model, prepared, i, encoded.input_ids[i][encoded.attention_mask[i].bool()].tolist(), [], False)
+             for i in range(len(encoded.lengths))]
+    editing = Editing(adapter, prepared.interventions, views, [width - n for n in encoded.lengths])
     with editing:
         output = model.model.generate(**_to(adapter.generate_inputs(encoded), model.device), **kwargs)
     sequences = output if isinstance(output, torch.Tensor) else output.sequences
@@ -304,9 +305,6 @@ def _view(model: LensModel, prepared: _Prepared, i: int, ids: list[int], respons
     return SequenceView(tuple(ids), tuple(segments), _spans(encoded.image_spans[i], segments, encoded.lengths[i]),
                         encoded.lengths[i], complete, model)
 
-
-def _editing(model: LensModel, prepared: _Prepared, views: list[SequenceView], pads: list[int]) -> Editing:
-    return Editing(model.adapter, prepared.interventions, views, pads)
 
 
 def _seeds(seed: int | Sequence[int] | None, n: int) -> list[int]:

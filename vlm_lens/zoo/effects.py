@@ -12,7 +12,8 @@ public API only (``vl.run`` with :class:`~vlm_lens.biqa.effects.KnockoutEffects`
 - **comparison**: paired tests between the checkpoints (Wilcoxon for score changes, McNemar for flips).
 
 Writes the run folders, ``comparison/`` (tables), ``figures/`` (PNG) and ``report.md`` under ``--out``; prints the
-tables. About ten minutes for both checkpoints on two CPU cores at the default size.
+tables. At the default size, 553 s for both checkpoints on one CPU thread (``OMP_NUM_THREADS=1``; more threads on a
+busy machine can be much slower).
 
 Example:
     >>> result = measure(16, out="runs/effects")        # doctest: +SKIP
