@@ -1,7 +1,7 @@
 """Interventions on LLaVA shapes (multi-head, grouped-query, multi-query, LLaVA-NeXT) against a hand-written
 reference: a plain transformers forward with eager attention and hand-edited masks (knockout), forward hooks
 (ablation, patching), a manual greedy loop without the KV cache (generation); and against vlm_lens's own plain
-traces where an intervention must change nothing. Other families: tests/models/test_interventions.py and
+traces where an intervention must change nothing. Other families: tests/models/test_family_interventions.py and
 tests/models/test_mplug_owl2_interventions.py."""
 
 from __future__ import annotations
