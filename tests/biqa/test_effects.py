@@ -56,16 +56,16 @@ def partial(trace, length: int) -> SequenceView:
 
 def test_decision_and_description_at_every_generation_step_and_in_the_teacher_forced_pass(base):
     layout = locate(base)
-    assert layout.level is not None and decision(SequenceView.of(base)) == [layout.predict_pos]
+    assert layout.level is not None and decision(SequenceView.of(base)) == [layout.decision_pos]
     assert description(SequenceView.of(base)) == layout.description
     for length in range(base.prompt_length, len(base.tokens)):
         view, newest = partial(base, length), length - 1
-        if newest < layout.predict_pos:
+        if newest < layout.decision_pos:
             assert decision(view) == []  # the level word is not due yet
             so_far = Span(base.prompt_length, length) if length > base.prompt_length else None
             assert description(view) == so_far  # the response so far
         else:
-            assert decision(view) == [layout.predict_pos]  # due now (newest == predict_pos), or already past
+            assert decision(view) == [layout.decision_pos]  # due now (newest == predict_pos), or already past
             assert description(view) == layout.description
 
 

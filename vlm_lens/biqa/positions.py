@@ -50,7 +50,7 @@ def decision_position(trace: "Trace | SequenceView", levels: Sequence[str] = LEV
 
     Every intervention and effect in vlm_lens reaches this position through this function.
     """
-    return locate(trace, levels, answer_prefix, **kwargs).predict_pos
+    return locate(trace, levels, answer_prefix, **kwargs).decision_pos
 
 
 def _as_seen(view: SequenceView) -> SequenceView | None:

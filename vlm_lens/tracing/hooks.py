@@ -20,6 +20,11 @@ attention module with :func:`add_editor`): the mask it is given is edited before
 are computed from the edited mask. The config switch is shared and counted, so a recorder and an editor active
 together switch it once.
 
+What the hooks store leaves the GPU without stalling it: hidden states kept on the host (``device="cpu"``) are
+copied asynchronously into pinned memory as each layer finishes, and waited for once when the block ends (a
+synchronous copy per layer would make the host wait for every layer before it can queue the next one). The
+values are those of a plain copy, bit for bit (``benchmarks/gpu.py`` checks it on a GPU).
+
 The registration in transformers' ``AttentionInterface`` / ``AttentionMaskInterface`` and the config switch are
 undone on exit, errors included. Nothing here runs at import time.
 """
@@ -76,6 +81,8 @@ class Recorder:
     rows: dict[int, torch.Tensor] = field(default_factory=dict, init=False)
     _handles: list[Any] = field(default_factory=list, init=False, repr=False)
     _switched: tuple[Any, str] | None = field(default=None, init=False, repr=False)
+    _placed: dict[tuple[int, torch.device], torch.Tensor] = field(default_factory=dict, init=False, repr=False)
+    _copying: set[torch.device] = field(default_factory=set, init=False, repr=False)
 
     # ------------------------------------------------------------------------------------------------ lifecycle
     def __enter__(self) -> "Recorder":
@@ -87,7 +94,10 @@ class Recorder:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._remove()
+        try:
+            self._remove()
+        finally:
+            self._wait()
 
     def _install(self) -> None:
         layers = self.adapter.layers
@@ -122,14 +132,38 @@ class Recorder:
         if self._switched is not None:
             restore(self._switched[0])
             self._switched = None
+        self._placed.clear()
+
+    def _wait(self) -> None:
+        """Wait for the asynchronous copies to the host: after this, every stored tensor holds its values."""
+        for device in self._copying:
+            torch.cuda.current_stream(device).synchronize()
+        self._copying.clear()
 
     # ---------------------------------------------------------------------------------------------- recording
     def _keep(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.detach()
         if self.keep_index is not None:
-            index = self.keep_index.to(tensor.device)
+            index = self._on(self.keep_index, tensor.device)
             tensor = torch.gather(tensor, 1, index[..., None].expand(-1, -1, tensor.shape[-1]))
-        return tensor.to(device=self.device, dtype=self.dtype)
+        if self.dtype is not None:
+            tensor = tensor.to(self.dtype)  # where it was computed: a GPU casts faster than the host
+        if self.device is None:
+            return tensor
+        target = torch.device(self.device)
+        if target.type == "cpu" and tensor.device.type == "cuda":
+            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            host.copy_(tensor, non_blocking=True)  # stream-ordered; read only after _wait()
+            self._copying.add(tensor.device)
+            return host
+        return tensor.to(target)
+
+    def _on(self, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``tensor`` on ``device``, moved there once per block instead of once per layer."""
+        key = (id(tensor), device)
+        if key not in self._placed:
+            self._placed[key] = tensor.to(device)
+        return self._placed[key]
 
     def _record_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = args[0] if args else kwargs["hidden_states"]
@@ -147,14 +181,14 @@ class Recorder:
             weights = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
             if weights is None:
                 raise RuntimeError(f"decoder layer {layer}: eager attention returned no weights")
-            self.rows[layer] = _gather_rows(weights.float(), self.query_positions.to(weights.device))
+            self.rows[layer] = _gather_rows(weights.float(), self._on(self.query_positions, weights.device))
 
         return hook
 
     def record_rows(self, layer: int, module: nn.Module, query: torch.Tensor, key: torch.Tensor,
                     attention_mask: torch.Tensor | None, scaling: float | None, kwargs: dict) -> None:
         self.rows[layer] = attention_rows(module, query, key, attention_mask,
-                                          self.query_positions.to(query.device), scaling, kwargs)
+                                          self._on(self.query_positions, query.device), scaling, kwargs)
 
 
 # ------------------------------------------------------------------------------------------ the attention function

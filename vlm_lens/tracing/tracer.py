@@ -30,6 +30,7 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
+from ..core.checks import as_bool, as_text
 from ..core.errors import VlmLensError
 from ..core.images import ImageLike, load_image
 from ..core.sampling import RowSampler
@@ -41,6 +42,7 @@ from .hooks import Recorder
 from .interventions import bind
 from .loading import LensModel
 from .positions import SequenceView
+from .logit_lens import lens_signature
 from .record import Trace
 from .responses import given_responses
 from .settings import Generation, Keep
@@ -96,6 +98,8 @@ def trace(model: LensModel, image: ImageEntry | Sequence[ImageEntry], prompt: st
         raise VlmLensError(f"keep={keep!r}: expected a vl.Keep(...) (layers, positions, query_positions, attention, "
                            "dtype, device).")
     generation = Generation.of(generate)
+    prefill, system = as_text(prefill, "prefill"), as_text(system, "system")
+    template = as_bool(template, "template")
     if isinstance(prompt, (list, tuple)):
         if not isinstance(image, (list, tuple)) or len(image) != len(prompt):
             raise VlmLensError(f"a list of {len(prompt)} prompts needs a list of as many images (one image, a "
@@ -120,6 +124,7 @@ class _Prepared:
     attention_layers: list[int]
     keep: Keep
     interventions: list[list[Any]]
+    lens_check: dict[str, Any]
 
 
 @dataclass
@@ -146,8 +151,15 @@ def _trace_batch(model: LensModel, images: list[Any], prompts: list[str], genera
         responses = given if given is not None else [[] for _ in prompts]
     sequences = _sequences(model, prepared.encoded, responses, keep)
     recorder, logits, resolved = _forward(model, prepared, sequences)
-    traces = [_record(model, prepared, sequences, recorder, logits, i, generation, prefill, system)
-              for i in range(len(prompts))]
+    samples = range(len(prompts))
+    hidden = _split(recorder.hidden, prepared.hidden_layers, [(i, slice(len(sequences.kept[i]))) for i in samples])
+    rows: list[torch.Tensor | None] = [None] * len(prompts)
+    if prepared.attention_layers:
+        rows = list(_split(recorder.rows, prepared.attention_layers,
+                           [(i, slice(None), slice(len(sequences.queries[i])), slice(sequences.pads[i], None))
+                            for i in samples]))
+    traces = [_record(model, prepared, sequences, hidden[i], rows[i], logits, i, generation, prefill, system)
+              for i in samples]
     for i, t in enumerate(traces):
         if prepared.interventions[i]:
             t.meta["interventions"] = described(prepared.interventions[i], resolved[i],
@@ -180,7 +192,8 @@ def _prepare(model: LensModel, images: list[Any], prompts: list[str], generation
     _check_length(adapter, encoded, generation.max_new_tokens if generation is not None else 0)
     spans = [_spans(encoded.image_spans[i], encoded.segments[i], n) for i, n in enumerate(encoded.lengths)]
     interventions = bind(intervene, len(prompts), adapter, spans, generation is not None)
-    return _Prepared(prompts, images, rendered, encoded, seeds, hidden_layers, attention_layers, keep, interventions)
+    return _Prepared(prompts, images, rendered, encoded, seeds, hidden_layers, attention_layers, keep, interventions,
+                     lens_signature(adapter))
 
 
 def _sequences(model: LensModel, encoded: Encoded, responses: list[list[int]], keep: Keep) -> _Sequences:
@@ -231,16 +244,29 @@ def _forward(model: LensModel, prepared: _Prepared, sequences: _Sequences) -> tu
     return recorder, logits, editing.resolved
 
 
-def _record(model: LensModel, prepared: _Prepared, sequences: _Sequences, recorder: Recorder, logits: torch.Tensor,
-            i: int, generation: Generation | None, prefill: str | None, system: str | None) -> Trace:
-    """The Trace of sample ``i``: its unpadded positions only."""
+def _split(stored: dict[int, torch.Tensor], keys: list[int], where: list[tuple]) -> list[torch.Tensor]:
+    """Per sample ``i``: ``torch.stack([stored[k][where[i]] for k in keys])``, built one key (layer) at a time and
+    dropping each stored tensor once it is copied, so that memory peaks at what is kept plus one layer — not at
+    twice what is kept, as stacking every sample while the recorder still holds every layer would."""
+    out: list[torch.Tensor] = []
+    for j, key in enumerate(keys):
+        layer = stored.pop(key)
+        for i, index in enumerate(where):
+            piece = layer[index]
+            if j == 0:
+                out.append(piece.new_empty((len(keys), *piece.shape)))
+            out[i][j] = piece
+        del layer
+    return out
+
+
+def _record(model: LensModel, prepared: _Prepared, sequences: _Sequences, hidden: torch.Tensor,
+            rows: torch.Tensor | None, logits: torch.Tensor, i: int, generation: Generation | None,
+            prefill: str | None, system: str | None) -> Trace:
+    """The Trace of sample ``i``: its unpadded positions only (``hidden`` and ``rows`` already cut to them)."""
     adapter = model.adapter
-    seq, pad = sequences.ids[i], sequences.pads[i]
-    n_query, n_kept = len(sequences.queries[i]), len(sequences.kept[i])
-    hidden = torch.stack([recorder.hidden[l][i, :n_kept] for l in prepared.hidden_layers])
-    rows = None
-    if prepared.attention_layers:
-        rows = torch.stack([recorder.rows[l][i, :, :n_query, pad:] for l in prepared.attention_layers])
+    seq = sequences.ids[i]
+    n_query = len(sequences.queries[i])
     prompt_length = prepared.encoded.lengths[i]
     segments = prepared.encoded.segments[i] + ["response"] * len(sequences.responses[i])
     return Trace(
@@ -258,7 +284,7 @@ def _record(model: LensModel, prepared: _Prepared, sequences: _Sequences, record
               "do_sample": bool(generation is not None and generation.do_sample),
               "temperature": generation.temperature if generation is not None else 1.0,
               "top_p": generation.top_p if generation is not None else 1.0, "seed": prepared.seeds[i],
-              "system": system, "vlm_lens_version": __version__},
+              "system": system, "vlm_lens_version": __version__, "lens_check": dict(prepared.lens_check)},
         model=model)
 
 
@@ -275,7 +301,10 @@ def _generate(model: LensModel, prepared: _Prepared, generation: Generation) -> 
         # A generated image placeholder would be replaced by image features in the teacher-forced pass, so the
         # traced sequence would not be the generated one; the placeholder is never a valid answer token.
         kwargs["suppress_tokens"] = adapter.placeholder_ids
+    suppressed = kwargs.get("suppress_tokens", [])
     kwargs.update(generation.kwargs)
+    if isinstance(kwargs.get("suppress_tokens"), (list, tuple)):  # the user's, and still never the placeholder
+        kwargs["suppress_tokens"] = sorted({*suppressed, *kwargs["suppress_tokens"]})
     if generation.do_sample:
         # generate(do_sample=True) draws every row from one random stream, so a row's answer would depend on its
         # batch; each row draws from its own generator instead, and greedy decoding emits the drawn token.
@@ -285,8 +314,15 @@ def _generate(model: LensModel, prepared: _Prepared, generation: Generation) -> 
     views = [_view(model, prepared, i, encoded.input_ids[i][encoded.attention_mask[i].bool()].tolist(), [], False)
              for i in range(len(encoded.lengths))]
     editing = Editing(adapter, prepared.interventions, views, [width - n for n in encoded.lengths])
-    with editing:
-        output = model.model.generate(**_to(adapter.generate_inputs(encoded), model.device), **kwargs)
+    try:
+        with editing:
+            output = model.model.generate(**_to(adapter.generate_inputs(encoded), model.device), **kwargs)
+    except (TypeError, ValueError) as err:
+        if not generation.kwargs or isinstance(err, VlmLensError):
+            raise
+        raise VlmLensError(f"Generation(kwargs={dict(generation.kwargs)!r}): model.generate refused them "
+                           f"({' '.join(str(err).split())[:300]}). Check the names and values of these arguments of "
+                           "transformers' generate.") from None
     sequences = output if isinstance(output, torch.Tensor) else output.sequences
     new = sequences[:, encoded.input_ids.shape[1]:].tolist()
     eos = adapter.eos_token_ids

@@ -10,7 +10,7 @@ from typing import Any, Callable
 from ...core.errors import RunMismatchError
 from ..progress import Steps
 from ..usage import UsageError
-from .dataset_args import check_sampling, dataset_of, instability_of, question_of
+from .dataset_args import check_decided, check_sampling, dataset_of, instability_of, question_of
 from .tables import correlations_text, written
 
 __all__ = ["run_command"]
@@ -19,10 +19,14 @@ __all__ = ["run_command"]
 def run_command(args: argparse.Namespace) -> int:
     check_sampling(args, "instability" in args.analyses, "add it, e.g. --analyses quality,instability")
     _check_effects(args)
+    check_decided(args, reads_level=bool({"quality", "attention"} & set(args.analyses)))
+    if args.query is not None and "attention" not in args.analyses:
+        raise UsageError("--query sets the reading position of the attention analysis, which is not asked for; add "
+                         "it, e.g. --analyses quality,attention")
     dataset = dataset_of(args)  # a missing or malformed dataset fails now, not after loading a 7B model
     out = Path(args.out)
     before = None if args.overwrite else _status(out)
-    with Steps(3, "vlm-lens run") as steps:
+    with Steps(3 + args.html, "vlm-lens run", args.verbose) as steps:
         from ...runs import run
         from ...tracing import load
 
@@ -46,6 +50,11 @@ def run_command(args: argparse.Namespace) -> int:
         elif before == "running":
             steps.write(f"resumed the unfinished run in {out}")
         _run_summary(result, steps)
+        if args.html:
+            from ...report.runs import write_run_report
+
+            steps.next("writing the HTML report")
+            steps.write(f"wrote {write_run_report({out.name or 'run': result}, out / 'report.html')}")
     return 0
 
 
@@ -72,14 +81,28 @@ def _analyses(args: argparse.Namespace, source=None) -> list:
     segments = {"segments": args.segments} if args.segments else {}
     build: dict[str, Callable[[], Any]] = {
         "quality": lambda: analyses.Quality(n_boot=args.n_boot, seed=args.seed, **question),
-        "attention": lambda: analyses.Attention(**question),
+        "attention": lambda: _attention(args, question),
         "instability": lambda: instability_of(args, question),
         "grounding": lambda: analyses.Grounding(seed=args.seed, **{k: v for k, v in question.items()
                                                                    if k != "prefill"}),
         "knockout": lambda: analyses.KnockoutEffects(window=args.window, stride=args.stride, **segments, **effects),
         "patching": lambda: analyses.PatchingEffects(source, **segments, **effects),
     }
-    return [build[name]() for name in args.analyses]
+    built = [build[name]() for name in args.analyses]
+    return [a for item in built for a in (item if isinstance(item, list) else [item])]
+
+
+def _attention(args: argparse.Namespace, question: dict[str, Any]) -> list:
+    """One attention analysis per ``--query`` (the first keeps the table prefix ``attention``, the others are named
+    ``attention_<query>``)."""
+    from ...biqa import analyses
+
+    queries = args.query or ["decision"]
+    out = [analyses.Attention(query=queries[0], **question)]
+    for query in queries[1:]:
+        name = f"attention_{query}" if isinstance(query, str) else f"attention_pos{query}".replace("-", "m")
+        out.append(analyses.Attention(query=query, **question).named(name))
+    return out
 
 
 def _status(out: Path) -> str | None:
