@@ -17,8 +17,8 @@ the traced run.
 Sections (``--only`` picks some):
 
 - ``exactness`` (``gpu_exactness.py``): attention rows vs HF eager (fp32, bf16), lens at the last layer == logits,
-  batch == alone, host copies == device copies, and the place of the knockout check — on a model of the shape's
-  width with ``exact_layers`` layers;
+  batch == alone, host copies == device copies, a knockout against eager attention with hand-edited masks — on a
+  model of the shape's width with ``exact_layers`` layers;
 - ``forward``: interleaved rounds of a plain SDPA forward (preprocessed inputs; logits of the last position only,
   as ``vl.trace`` computes them only where it keeps them), processor + forward, ``vl.trace``
   with the defaults (every hidden state kept on the device, rows of the last position in every layer), with the

@@ -22,9 +22,9 @@ from .core.lazy import lazy_exports
 from .core.version import __version__  # noqa: F401 - vl.__version__
 from .extensions import register_all
 
-__all__ = ["Comparison", "Generation", "Keep", "LensModel", "RunResult", "Trace", "VlmLensError", "analyses",
-           "compare", "datasets", "errors", "evaluate", "load", "plot", "run", "trace", "wrap", "write_report",
-           "write_run_report", "zoo"]
+__all__ = ["Comparison", "Generation", "Keep", "LensModel", "RunResult", "Trace", "VlmLensError", "ablate",
+           "analyses", "compare", "datasets", "errors", "evaluate", "knockout", "load", "patch", "plot", "run",
+           "trace", "wrap", "write_report", "write_run_report", "zoo"]
 
 _EXPORTS = {
     "Comparison": ".biqa.comparison:Comparison", "compare": ".biqa.comparison:compare",
@@ -32,6 +32,8 @@ _EXPORTS = {
     "Generation": ".tracing.settings:Generation", "Keep": ".tracing.settings:Keep",
     "LensModel": ".tracing.loading:LensModel", "load": ".tracing.loading:load", "wrap": ".tracing.loading:wrap",
     "Trace": ".tracing.record:Trace", "trace": ".tracing.tracer:trace",
+    "knockout": ".tracing.interventions:knockout", "ablate": ".tracing.interventions:ablate",
+    "patch": ".tracing.interventions:patch",
     "RunResult": ".runs.engine:RunResult", "run": ".runs.engine:run", "datasets": ".runs.datasets",
     "VlmLensError": ".core.errors:VlmLensError", "errors": ".core.errors",
     "plot": ".plot", "write_report": ".report.html:write_report", "write_run_report": ".report.runs:write_run_report",
@@ -56,6 +58,7 @@ if TYPE_CHECKING:  # what static tools and IDEs see; at run time these load on f
     from .report.runs import write_run_report
     from .runs import datasets
     from .runs.engine import RunResult, run
+    from .tracing.interventions import ablate, knockout, patch
     from .tracing.loading import LensModel, load, wrap
     from .tracing.record import Trace
     from .tracing.settings import Generation, Keep

@@ -12,7 +12,9 @@ pairwise against the first run (the reference):
 - the layer where the level first becomes the lens's top-1: Wilcoxon over the samples where both runs reach it
   (how many never do is counted per run);
 - attention mass per (layer, segment) (mean over heads) of every attention analysis: Wilcoxon over samples;
-- instability: whether the level changes (McNemar, over images compared in both runs) and its entropy (Wilcoxon).
+- instability: whether the level changes (McNemar, over images compared in both runs) and its entropy (Wilcoxon);
+- effects of knockouts and patching (:mod:`vlm_lens.biqa.effect_comparison`): per effect, ``d_score`` and
+  ``d_logp`` by Wilcoxon, flips by McNemar.
 
 Every ``*_differences`` table holds many tests (one per layer, segment, metric ...), so each also has
 ``p_adjusted``: Holm's correction over that table's tests (:func:`vlm_lens.runs.stats.holm`). The ``significant``
@@ -42,6 +44,7 @@ from ..runs.checkpoint import write_json, write_table
 from ..runs.engine import RunResult
 from ..runs.stats import correlations, holm, mcnemar, mean_interval, paired_correlations, wilcoxon, wilson
 from .legacy import upgrade
+from .effect_comparison import EFFECT_TABLES, compare_effects
 
 __all__ = ["Comparison", "compare"]
 
@@ -68,6 +71,8 @@ class Comparison:
             attention analysis of the runs, named after it (``attention_level``, ``attention_level_differences``)
             —, ``instability`` (``run, pct_changed, pct_changed_low, pct_changed_high, mean_entropy_bits, n``),
             ``instability_differences`` (``a, b, quantity, value_a, value_b, diff, p, p_adjusted, test, n``),
+            ``knockout`` / ``patching`` and ``knockout_differences`` / ``patching_differences`` (see
+            :func:`~vlm_lens.biqa.effect_comparison.compare_effects`),
             ``significant`` (``table, what, a, b, value_a, value_b, diff, p, p_adjusted, test, n``: every
             difference with ``p_adjusted < alpha``). Tables of an analysis that not every run has are absent (see
             ``notes``). Layers: hidden indices for the lens (0 = decoder input), decoder blocks for attention
@@ -145,6 +150,9 @@ def compare(runs: Mapping[str, RunResult | str | Path], *, n_boot: int = 1000, s
             _attention(loaded, common, out, name)
     if _shared(loaded, "instability.samples", out.notes):
         _instability(loaded, common, out)
+    for analysis in EFFECT_TABLES:
+        if _shared(loaded, f"{analysis}.samples", out.notes):
+            out.tables.update(compare_effects(loaded, common, analysis))
     for table, frame in out.tables.items():
         if table.endswith("_differences") and "p" in frame.columns:
             out.tables[table] = frame.assign(p_adjusted=holm(frame["p"].to_numpy(float)))
@@ -212,7 +220,8 @@ def _common_ids(runs: dict[str, RunResult], notes: list[str]) -> list[str]:
     per_run = {}
     for name, r in runs.items():
         table = next((r.tables[t] for t in ("quality.samples", "attention.samples", "instability.samples",
-                                            "grounding.samples") if t in r.tables), None)
+                                            "grounding.samples", "knockout.samples", "patching.samples")
+                      if t in r.tables), None)
         per_run[name] = list(dict.fromkeys(table["id"].astype(str))) if table is not None else []
     reference = per_run[next(iter(runs))]
     shared = set.intersection(*(set(ids) for ids in per_run.values()))

@@ -82,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "vlm-lens run ckpt/llava-1.5-7b-hf koniq_test.csv --out runs/one-stage --analyses "
                    "quality,instability --samples 8 --batch-size 16 --dtype bfloat16 --device cuda",
                    "vlm-lens run ckpt/llava-1.5-7b-hf q-align/test_live.json --dmos --out runs/live",
+                   "vlm-lens run zoo:tiny-biqa-two-stage data.csv --out runs/effects --analyses knockout,patching "
+                   "--patch-source zoo:tiny-biqa-one-stage --window 2",
                    "vlm-lens run ckpt/ scores.csv --image-column image_name --score-column MOS --out runs/x"], run_command)
     run.add_argument("model", metavar="MODEL", help="checkpoint folder, hub id, or zoo:NAME")
     run.add_argument("dataset", metavar="DATASET", help="a .csv, or a .json list (Q-Align's format)")
@@ -101,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     _dataset_options(run, scores_optional=True)
     _question_options(run, run=True)
     _instability_options(run, run=True)
+    _effect_options(run)
     _model_options(run)
 
     compare = command("compare", "compare runs of the same dataset, paired per sample; the first is the reference",
@@ -180,6 +183,19 @@ def _instability_options(sub: argparse.ArgumentParser, run: bool) -> None:
                        help="answers per image (default: 5)" if run else "measure instability over K answers per image")
     group.add_argument("--temperature", type=_above_zero, metavar="T", help="sampling temperature (default: 1.0)")
     group.add_argument("--top-p", type=_top_p, metavar="P", help="nucleus sampling mass, in (0, 1] (default: 1.0)")
+
+
+def _effect_options(sub: argparse.ArgumentParser) -> None:
+    group = sub.add_argument_group("interventions", "knockout: the decision position may not attend to a segment in "
+                                   "a window of layers; patching: another checkpoint's residual stream patched in")
+    group.add_argument("--segments", type=_words, metavar="A,B",
+                       help="positions to knock out (default: image,instruction,description) or patch (default: "
+                            "image,decision)")
+    group.add_argument("--window", type=_positive, metavar="N", help="decoder layers per knockout window (default: "
+                       "a quarter of the layers)")
+    group.add_argument("--stride", type=_positive, metavar="N", help="layers between window starts (default: --window)")
+    group.add_argument("--patch-source", metavar="MODEL", help="checkpoint whose residual stream is patched in "
+                       "(needed by --analyses patching)")
 
 
 def _model_options(sub: argparse.ArgumentParser) -> None:

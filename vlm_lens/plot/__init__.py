@@ -32,6 +32,8 @@ And of a dataset run (means over samples; a RunResult, its folder, or the table)
 :func:`run_instability`     how often the level changes under sampling, the lens's candidate sets
 :func:`run_score_scatter`   Q-Align score against MOS, with SRCC / PLCC
 :func:`compare_runs`        any of these for several runs (shared scales, differences, significant layers)
+:func:`knockout_effects`    segment x layer window: mean effect of a knockout at the decision (runs side by side)
+:func:`patching_curve`      per hidden index: mean effect of patching another checkpoint's residual stream
 ==========================  ===================================================================================
 
 Example:
@@ -54,6 +56,7 @@ from .attention import (
            draw_patch_grids,
            patch_overlay,
 )
+from .interventions import knockout_effects, patching_curve
 from .latent import draw_grid, latent_output
 from .heads import attention_heads, draw_head_mass, head_mass, run_head_mass
 from .pairs import compare
@@ -76,7 +79,7 @@ from .topk import draw_target_words, draw_topk, target_words, topk
 
 __all__ = ["TracePlots", "attention", "attention_heads", "attention_mass", "compare", "compare_analyses",
            "compare_runs", "draw_attention", "draw_attention_mass", "draw_grid", "draw_head_mass", "draw_patch_grids",
-           "draw_target_words", "draw_topk", "head_mass", "latent_output", "new_figure", "patch_overlay",
-           "run_attention_mass", "run_first_top1", "run_head_mass", "run_image_profile", "run_instability",
-           "run_lens_agreement", "run_patch_grid", "run_score_scatter", "run_segment_lines", "save", "target_words",
-           "topk"]
+           "draw_target_words", "draw_topk", "head_mass", "knockout_effects", "latent_output", "new_figure",
+           "patch_overlay", "patching_curve", "run_attention_mass", "run_first_top1", "run_head_mass",
+           "run_image_profile", "run_instability", "run_lens_agreement", "run_patch_grid", "run_score_scatter",
+           "run_segment_lines", "save", "target_words", "topk"]

@@ -54,6 +54,10 @@ CAPTIONS = {
                  "one column).",
     "attention_mass": "The same attention summed by segment (the description and the answer apart).",
     "patch_overlay": "The same attention at the last layer, on the image's patch grid (transparent where low).",
+    "knockout_effects": "Mean effect on the level of cutting the decision position's attention to each segment, per "
+                        "window of decoder layers (vl.plot.knockout_effects).",
+    "patching_curve": "Mean effect on the level of patching another checkpoint's residual stream, per hidden index "
+                      "(vl.plot.patching_curve).",
 }
 
 
@@ -225,6 +229,20 @@ def _pictures(trace: "Trace", image: Any, notes: list[str]) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------------- html
+def _intervention_text(record: Mapping[str, Any]) -> str:
+    """One line per intervention of ``Trace.meta["interventions"]``: what acted where."""
+    resolved = record.get("resolved") or {}
+    layers = record.get("layers")
+    if record.get("kind") == "knockout":
+        heads = "" if record.get("heads") is None else f", heads {record['heads']}"
+        return (f"knockout: positions {resolved.get('queries')} may not attend to {resolved.get('keys')} "
+                f"({record.get('queries')} -> {record.get('keys')}), decoder layers {layers}{heads}")
+    what = f"value {record.get('value')}" if record.get("kind") == "ablation" else \
+        f"from {(record.get('source') or {}).get('model')} at {resolved.get('source_positions')}"
+    return f"{record.get('kind')}: positions {resolved.get('positions')} ({record.get('positions')}) at hidden " \
+           f"indices {layers}, {what}"
+
+
 def _body(trace: "Trace", title: str, pictures: list[str], figures: list[tuple[str, str, str]],
           notes: list[str]) -> str:
     e = html.escape
@@ -235,6 +253,7 @@ def _body(trace: "Trace", title: str, pictures: list[str], figures: list[tuple[s
             ("positions", f"{len(trace.tokens)} ({', '.join(f'{s} {n}' for s, n in counts.items())})"),
             ("layers", f"{len(trace.layers)} hidden states ({trace.layers[0]}..{trace.layers[-1]})"),
             ("vlm_lens", meta.get("vlm_lens_version", ""))]
+    rows[4:4] = [("intervention", _intervention_text(record)) for record in meta.get("interventions") or []]
     meta_html = "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in rows)
     legend = "".join(f'<span><i style="background:var(--{s})"></i>{s}</span>' for s in BIQA_SEGMENTS)
     figure_html = figures_html(figures)

@@ -290,7 +290,10 @@ def _execute(model: LensModel, dataset: Dataset, reducers: list[Reducer], folder
             if samples:
                 traced = trace_samples(model, images, [s.id for s in samples], requests[key], batch_size)
                 for reducer in members:
-                    reducer.update_batch(samples, traced)
+                    if reducer.needs_images:
+                        reducer.update_batch(samples, traced, images=images)
+                    else:
+                        reducer.update_batch(samples, traced)
         done += 1
         bar.update(len(batch))
         bar.set_postfix(skipped=len(skipped))

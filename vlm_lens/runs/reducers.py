@@ -179,6 +179,9 @@ class Reducer:
     name: ClassVar[str] = "reducer"
     #: Names of the per-sample row tables :meth:`update` emits to.
     tables: ClassVar[tuple[str, ...]] = ()
+    #: True for analyses that trace the samples again themselves (under interventions): the run then calls
+    #: ``update_batch(samples, traces, images=...)`` with the batch's images.
+    needs_images: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.rows: dict[str, list[dict[str, Any]]] = {table: [] for table in self.tables}
