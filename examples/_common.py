@@ -62,11 +62,11 @@ def trace(args: argparse.Namespace, path: str | None = None) -> vl.Trace:
 
 
 def decision(t: vl.Trace) -> int:
-    """The position whose logits choose the quality level word; without one, the last prompt position (which
-    predicts the first answer token)."""
-    q = t.quality().iloc[0]
-    return int(q["predict_pos"]) if q["level"] is not None and q["predict_pos"] == q["predict_pos"] else \
-        t.prompt_length - 1
+    """The decision position, whose logits choose the quality level word; without one, the last prompt position
+    (the position every figure reads by default, see ``vlm_lens.plot.reading``)."""
+    from vlm_lens.plot.reading import reading
+
+    return reading(t).position
 
 
 def save(args: argparse.Namespace, fig, name: str) -> Path:

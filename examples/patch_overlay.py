@@ -1,4 +1,4 @@
-"""Attention on the image: the answer-predicting token's attention to each image patch, laid over the picture,
+"""Attention on the image: the decision position's attention to each image patch, laid over the picture,
 at a middle and at the last layer; and each patch's lens probability of a word.
 
     python examples/patch_overlay.py
@@ -14,7 +14,6 @@ parser.add_argument("--word", default="blurry", help="word whose lens probabilit
 args = parser.parse_args()
 t = _common.trace(args)
 middle = max(t.layers) // 2
-query = _common.decision(t)  # where the quality level is chosen
-_common.save(args, plot.patch_overlay(t, query, layer=middle), "patch_attention_middle")
-_common.save(args, plot.patch_overlay(t, query, layer=-1), "patch_attention_last")
-_common.save(args, plot.patch_overlay(t, query, value="lens", target=args.word, layer=middle), "patch_lens")
+_common.save(args, plot.patch_overlay(t, layer=middle), "patch_attention_middle")
+_common.save(args, plot.patch_overlay(t, layer=-1), "patch_attention_last")
+_common.save(args, plot.patch_overlay(t, value="lens", target=args.word, layer=middle), "patch_lens")

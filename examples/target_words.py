@@ -1,5 +1,5 @@
 """Target words across layers: the probability (and rank) of the five IQA levels, excellent ... bad, at every layer
-at the position that predicts the answer.
+at the decision position, where the level word is chosen.
 
     python examples/target_words.py
     python examples/target_words.py --model checkpoints/llava-1.5-7b-hf --image koniq/123.jpg

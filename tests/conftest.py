@@ -21,8 +21,9 @@ from vlm_lens.testing import tiny_llava
 
 torch.set_num_threads(2)
 
-#: Records feature outcomes per model family for docs/families.md (see tests/families_record.py).
-pytest_plugins = ["families_record"]
+#: Records feature outcomes per model family for docs/families.md (see tests/families_record.py); the fixtures of
+#: the bad-input suite (tests/bad_input/fixtures.py).
+pytest_plugins = ["families_record", "bad_input.fixtures"]
 
 #: name -> tiny_llava keyword arguments
 SHAPES = {
@@ -89,3 +90,22 @@ def attention_state(model: vl.LensModel) -> tuple:
     return (model.adapter.text_config._attn_implementation, hook_count(model),
             tuple(sorted(ALL_ATTENTION_FUNCTIONS._global_mapping)),
             tuple(sorted(ALL_MASK_ATTENTION_FUNCTIONS._global_mapping)))
+
+
+#: The questions of the zoo runs: a generated answer (description, then level), read where the level is decided.
+ZOO_ASK = dict(prompt=PROMPT, prefill=False, generate=48)
+
+
+@pytest.fixture(scope="session")
+def zoo_runs(tmp_path_factory) -> dict[str, "vl.RunResult"]:
+    """Both zoo checkpoints over six synthetic images: quality (with the lens), attention, instability (k=2)."""
+    from vlm_lens import zoo
+    from vlm_lens.biqa.analyses import Attention, Instability, Quality
+
+    images, labels = zoo.synthetic(6, seed=1)
+    dataset = vl.datasets.from_images(images, labels["mos"].tolist())
+    root = tmp_path_factory.mktemp("zoo_runs")
+    return {name: vl.run(vl.load(f"zoo:tiny-biqa-{name}"), dataset,
+                         [Quality(n_boot=50, **ZOO_ASK), Attention(**ZOO_ASK),
+                          Instability(k=2, temperature=1.0, **ZOO_ASK)], out=root / name, batch_size=6, progress=False)
+            for name in ("one-stage", "two-stage")}

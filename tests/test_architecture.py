@@ -129,3 +129,10 @@ def test_help_and_usage_errors_load_no_torch(argv):
     done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
     assert done.returncode in (0, 2), done.stderr
     assert "torch was imported" not in done.stderr
+
+
+def test_every_test_module_has_its_own_basename():
+    """Test folders are not packages, so pytest imports each test module by its file name: two files of one name in
+    two folders collide, and a helper imported by name (``from test_reading import ...``) may come from the other."""
+    names = [p.name for p in Path(__file__).parent.rglob("test_*.py")]
+    assert sorted(n for n in set(names) if names.count(n) > 1) == []

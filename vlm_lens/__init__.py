@@ -23,7 +23,8 @@ from .core.version import __version__  # noqa: F401 - vl.__version__
 from .extensions import register_all
 
 __all__ = ["Comparison", "Generation", "Keep", "LensModel", "RunResult", "Trace", "TunedLens", "VlmLensError",
-           "analyses", "compare", "datasets", "evaluate", "load", "plot", "run", "trace", "wrap", "write_report", "zoo"]
+           "ablate", "analyses", "compare", "datasets", "errors", "evaluate", "knockout", "load", "patch", "plot",
+           "run", "trace", "wrap", "write_report", "write_run_report", "zoo"]
 
 _EXPORTS = {
     "Comparison": ".biqa.comparison:Comparison", "compare": ".biqa.comparison:compare",
@@ -31,9 +32,12 @@ _EXPORTS = {
     "Generation": ".tracing.settings:Generation", "Keep": ".tracing.settings:Keep",
     "LensModel": ".tracing.loading:LensModel", "load": ".tracing.loading:load", "wrap": ".tracing.loading:wrap",
     "Trace": ".tracing.record:Trace", "trace": ".tracing.tracer:trace", "TunedLens": ".tracing.tuned_lens:TunedLens",
+    "knockout": ".tracing.interventions:knockout", "ablate": ".tracing.interventions:ablate",
+    "patch": ".tracing.interventions:patch",
     "RunResult": ".runs.engine:RunResult", "run": ".runs.engine:run", "datasets": ".runs.datasets",
-    "VlmLensError": ".core.errors:VlmLensError",
-    "plot": ".plot", "write_report": ".report.html:write_report", "zoo": ".zoo",
+    "VlmLensError": ".core.errors:VlmLensError", "errors": ".core.errors",
+    "plot": ".plot", "write_report": ".report.html:write_report", "write_run_report": ".report.runs:write_run_report",
+    "zoo": ".zoo",
 }
 _REMOVED = {
     "trace_batch": "vl.trace_batch(model, images, prompts, ...) was removed: vl.trace takes a list of prompts (and one "
@@ -48,10 +52,13 @@ if TYPE_CHECKING:  # what static tools and IDEs see; at run time these load on f
     from .biqa import analyses
     from .biqa.comparison import Comparison, compare
     from .biqa.evaluation import evaluate
+    from .core import errors
     from .core.errors import VlmLensError
     from .report.html import write_report
+    from .report.runs import write_run_report
     from .runs import datasets
     from .runs.engine import RunResult, run
+    from .tracing.interventions import ablate, knockout, patch
     from .tracing.loading import LensModel, load, wrap
     from .tracing.record import Trace
     from .tracing.settings import Generation, Keep

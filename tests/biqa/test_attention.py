@@ -41,9 +41,9 @@ def test_rows_sum_to_one_over_segments_and_equal_the_rows(models):
     assert set(table["query"]) == set(t.query_positions.tolist())
     layout = locate(t)
     labels = segment_labels(t, layout)
-    one = attention_mass(t, query="predict")
-    assert one["query"].unique().tolist() == [layout.predict_pos]
-    row = t.attention[:, :, t.query_positions.tolist().index(layout.predict_pos)].double()
+    one = attention_mass(t, query="decision")
+    assert one["query"].unique().tolist() == [layout.decision_pos]
+    row = t.attention[:, :, t.query_positions.tolist().index(layout.decision_pos)].double()
     for segment in BIQA_SEGMENTS:
         keys = [p for p, s in enumerate(labels) if s == segment]
         expected = row[..., keys].sum(-1).reshape(-1).numpy()
@@ -55,14 +55,14 @@ def test_rows_sum_to_one_over_segments_and_equal_the_rows(models):
 
 
 def _naive(traces):
-    """Mean segment mass, image profile (per-index counts) and base-grid map of the predicting row, by loops."""
+    """Mean segment mass, image profile (per-index counts) and base-grid map of the decision row, by loops."""
     n_layer, n_head = traces[0].attention.shape[:2]
     mass = torch.zeros(n_layer, n_head, len(BIQA_SEGMENTS), dtype=torch.float64)
     profiles, grids = [], []
     for t in traces:
         layout = locate(t)
         labels = segment_labels(t, layout)
-        row = t.attention[:, :, t.query_positions.tolist().index(layout.predict_pos)].double()
+        row = t.attention[:, :, t.query_positions.tolist().index(layout.decision_pos)].double()
         for j, segment in enumerate(BIQA_SEGMENTS):
             for p, s in enumerate(labels):
                 if s == segment:
@@ -99,7 +99,7 @@ def test_dataset_mean_equals_naive_loop(models):
     # a batched run over samples of different lengths gives the same means
     result = run(m, from_images(images), [Attention()], batch_size=3, progress=False)
     _check({k.split(".", 1)[1]: v for k, v in result.tables.items()}, mass, profile, grid, count, atol=1e-5)
-    assert result["attention.summary"].iloc[0].to_dict() == {"query": "predict", "n_samples": 5, "n_used": 5,
+    assert result["attention.summary"].iloc[0].to_dict() == {"query": "decision", "n_samples": 5, "n_used": 5,
                                                              "n_no_query": 0}
     per_sample = result["attention.samples"].groupby(["layer", "segment"]).mass.mean().unstack()[list(BIQA_SEGMENTS)]
     np.testing.assert_allclose(per_sample.to_numpy(), mass.mean(1).numpy(), atol=1e-5)

@@ -1,5 +1,6 @@
 """compare(): a run compared with itself differs by exactly zero (p = 1); two checkpoints' aligned tables equal
-what each run says on its own; samples only one run has are left out and said so."""
+what each run says on its own; samples only one run has are left out and said so; every table of differences is
+Holm-corrected and the significant ones are listed."""
 
 from __future__ import annotations
 
@@ -11,14 +12,15 @@ import pytest
 from conftest import random_image
 
 from vlm_lens.biqa.attention import Attention
-from vlm_lens.biqa.comparison import compare
+from vlm_lens.biqa.comparison import SIGNIFICANT_COLUMNS, compare
 from vlm_lens.biqa.instability import Instability
 from vlm_lens.biqa.quality import Quality
 from vlm_lens.core.errors import VlmLensError
 from vlm_lens.runs.datasets import from_images
 from vlm_lens.runs.engine import RunResult, run
+from vlm_lens.runs.stats import holm, mean_interval
 
-DIFFERENCES = {"correlation_differences": "diff", "layer_differences": "diff", "attention_differences": "shift",
+DIFFERENCES = {"correlation_differences": "diff", "layer_differences": "diff", "attention_differences": "diff",
                "instability_differences": "diff"}
 
 
@@ -92,3 +94,52 @@ def test_bad_comparisons_are_refused(runs):
         compare({"a": runs["mha"], "b": dmos})
     with pytest.raises(VlmLensError, match="no finished run"):
         compare({"a": runs["mha"], "b": "/nonexistent/run"})
+
+
+def test_every_difference_table_is_holm_corrected_and_the_significant_ones_are_listed(runs):
+    c = compare({"one": runs["mha"], "two": runs["gqa"]}, n_boot=20, alpha=0.5)
+    listed = []
+    for table, frame in c.tables.items():
+        if table.endswith("_differences"):
+            np.testing.assert_allclose(frame.p_adjusted.to_numpy(float), holm(frame.p.to_numpy(float)))
+            listed += [(table, d, p) for d, p in zip(frame["diff"], frame.p_adjusted) if p < 0.5]
+    significant = c["significant"]
+    assert sorted(zip(significant.table, significant["diff"], significant.p_adjusted)) == sorted(listed)
+    assert (significant.p_adjusted < 0.5).all() and significant.what.str.len().gt(0).all()
+    none = compare({"a": runs["mha"], "again": runs["mha"]}, n_boot=20)
+    assert none["significant"].empty and list(none["significant"].columns) == SIGNIFICANT_COLUMNS
+    with pytest.raises(VlmLensError, match="alpha"):
+        compare(runs, alpha=5)
+
+
+def test_first_top1_and_attention_intervals_equal_each_run(runs):
+    a, b = runs["mha"], runs["gqa"]
+    c = compare({"one": a, "two": b}, n_boot=20)
+    first = c["first_top1"]
+    for name, r in (("one", a), ("two", b)):
+        own = r["quality.first_top1"]
+        mine = first[first.run == name]
+        assert mine.n.sum() == own.n.sum() and mine.share.sum() == pytest.approx(1.0)
+    diff = c["first_top1_differences"].iloc[0]
+    x, y = a["quality.samples"].first_top1.to_numpy(float), b["quality.samples"].first_top1.to_numpy(float)
+    both = np.isfinite(x) & np.isfinite(y)
+    assert diff.n == both.sum() and diff.never_a == int(np.isnan(x).sum())
+    att = c["attention"].set_index(["run", "layer", "segment"])
+    for (layer, segment), group in a["attention.samples"].groupby(["layer", "segment"]):
+        mean, low, high = mean_interval(group.mass.to_numpy())
+        assert att.loc[("one", layer, segment), ["mass", "low", "high"]].tolist() == pytest.approx(
+            [mean, low, high], nan_ok=True)
+    inst = c["instability"].set_index("run")
+    summary = a["instability.summary"].iloc[0]
+    assert inst.loc["one", "pct_changed_low"] == pytest.approx(summary.pct_changed_low, nan_ok=True)
+
+
+def test_two_attention_readings_are_compared_each_on_its_own(models, tmp_path):
+    ds = from_images([random_image(90 + k) for k in range(3)], [1.0, 2.0, 4.0])
+    two = lambda: [Attention(), Attention(query="last").named("attention_last")]  # noqa: E731
+    runs_ = {name: run(models[name], ds, two(), progress=False) for name in ("mha", "mqa-cls")}
+    c = compare(runs_, n_boot=10)
+    assert {"attention", "attention_differences", "attention_last", "attention_last_differences"} <= set(c.tables)
+    own = runs_["mha"]["attention_last.samples"].groupby(["layer", "segment"]).mass.mean()
+    mine = c["attention_last"].query("run == 'mha'").set_index(["layer", "segment"]).mass
+    np.testing.assert_allclose(mine.sort_index().to_numpy(), own.sort_index().to_numpy(), atol=1e-12)

@@ -66,7 +66,7 @@ def test_candidate_set_equals_lens_by_hand(models):
     for layer, row in table.set_index("layer").iterrows():
         top1, topk, mass = set(), set(), []
         for t in traces:
-            pos = locate(t).predict_pos
+            pos = locate(t).decision_pos
             h = t.hidden[t.layers.index(layer), t.positions.tolist().index(pos)]
             with torch.no_grad():
                 p = torch.softmax(m.model.lm_head(m.model.model.language_model.norm(h)).double(), -1)

@@ -61,7 +61,7 @@ def test_qalign_score_from_hf_logits(models):
     assert " ".join(t.tokens.text.iloc[-6:]) == "the quality of the image is"
     assert t.tokens.segment.iloc[-6:].eq("system").all()  # the prefill is template, not the user's words
     row = quality(t).iloc[0]
-    assert row.predict_pos == t.prompt_length - 1 and pd.isna(row.level_pos) and row.generated is None
+    assert row.decision_pos == t.prompt_length - 1 and pd.isna(row.level_pos) and row.generated is None
     text = m.adapter.format_prompt(QALIGN_PROMPT, 1).text + " " + ANSWER_PREFIX
     logits = _hf_logits(m, image, text)[-1]
     p = torch.softmax(logits[_ids(m, LEVELS)], -1)
@@ -78,10 +78,10 @@ def test_generated_level_is_read_one_position_earlier(models):
     image = random_image(6)
     t = forced_trace(m, image, "noisy and dark . the quality of the image is poor .")
     layout = locate(t)
-    assert t.tokens.text.iloc[layout.level_pos] == "poor" and layout.predict_pos == layout.level_pos - 1
+    assert t.tokens.text.iloc[layout.level_pos] == "poor" and layout.decision_pos == layout.level_pos - 1
     row = quality(t).iloc[0]
-    assert row.generated == "poor" and row.predict_pos == layout.predict_pos
-    logits = _hf_logits(m, image, t.meta["rendered_prompt"] + " " + t.answer)[layout.predict_pos]
+    assert row.generated == "poor" and row.decision_pos == layout.decision_pos
+    logits = _hf_logits(m, image, t.meta["rendered_prompt"] + " " + t.answer)[layout.decision_pos]
     p = torch.softmax(logits[_ids(m, LEVELS)], -1)
     assert row.score == pytest.approx(float(p @ torch.tensor([5, 4, 3, 2, 1.0], dtype=torch.float64)), abs=1e-5)
     none = forced_trace(m, image, "cat dog")
@@ -166,4 +166,4 @@ def test_prefill_is_not_doubled_when_the_prompt_format_ends_with_it(tmp_path):
     t = _qalign_trace(m, random_image(3))
     text = t.meta["rendered_prompt"]  # what was traced
     assert text.lower().count("the quality of the image is") == 1 and text.endswith("The quality of the image is")
-    assert quality(t).predict_pos.iloc[0] == t.prompt_length - 1
+    assert quality(t).decision_pos.iloc[0] == t.prompt_length - 1

@@ -53,7 +53,7 @@ def mesh_values(ax) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------ latent output
 def test_latent_output_cells_are_the_lens_top1(t):
-    fig = plot.latent_output(t, positions="response", context=2)
+    fig = plot.latent_output(t, positions="response", context=2, max_label=8)
     ax = axes(fig, "latent_output")
     shown = list(range(t.prompt_length - 2, len(t.tokens)))
     assert ticks(ax.get_yticklabels()) == [str(l) for l in t.layers]
@@ -70,14 +70,14 @@ def test_latent_output_cells_are_the_lens_top1(t):
 
 def test_latent_output_image_modes(t):
     n_image = len(t.spans["image"])
-    collapsed = ticks(axes(plot.latent_output(t), "latent_output").get_xticklabels())
+    collapsed = ticks(axes(plot.latent_output(t, positions=None), "latent_output").get_xticklabels())
     assert collapsed.count(f"<image ×{n_image}>") == 1 and "<image>" not in collapsed
-    band = axes(plot.latent_output(t, image_tokens="band"), "latent_output")
+    band = axes(plot.latent_output(t, positions=None, image_tokens="band"), "latent_output")
     assert ticks(band.get_xticklabels()).count(f"image ({n_image})") == 1
     values, _ = mesh_values(band)
     assert values.size == len(t.layers) * len(t.tokens)  # 16 image tokens: one narrow column each, no text
     assert len(band.texts) == len(t.layers) * (len(t.tokens) - n_image)
-    hidden = ticks(axes(plot.latent_output(t, image_tokens="hide"), "latent_output").get_xticklabels())
+    hidden = ticks(axes(plot.latent_output(t, positions=None, image_tokens="hide"), "latent_output").get_xticklabels())
     assert len(hidden) == len(t.tokens) - n_image and not [x for x in hidden if x.startswith(("<image", "image ("))]
     with pytest.raises(vl.VlmLensError, match="image_tokens"):
         plot.latent_output(t, image_tokens="squash")
@@ -98,9 +98,9 @@ def test_latent_output_colour_modes(t):
 # ------------------------------------------------------------------------------------------------------- top-k
 def test_topk_bars_carry_the_lens_and_highlight_the_output(t):
     k = 3
-    fig = plot.topk(t, k=k)
-    ax = axes(fig, "topk")
     position = t.prompt_length - 1
+    fig = plot.topk(t, position, k=k)
+    ax = axes(fig, "topk")
     table = t.lens(topk=k, positions=[position])
     assert ticks(ax.get_yticklabels()) == [str(l) for l in t.layers]
     assert ticks(ax.get_xticklabels()) == [f"rank {r}" for r in range(1, k + 1)]
@@ -118,7 +118,7 @@ def test_topk_bars_carry_the_lens_and_highlight_the_output(t):
 
 def test_target_words_lines(t):
     words = ["good", "poor", "fair"]
-    ax = axes(plot.target_words(t, words), "target_words")
+    ax = axes(plot.target_words(t, words, t.prompt_length - 1), "target_words")
     table = t.lens_targets(words, positions=[t.prompt_length - 1])
     assert [line.get_label() for line in ax.get_lines()] == words
     for line, word in zip(ax.get_lines(), words):
@@ -130,9 +130,9 @@ def test_target_words_lines(t):
 
 # --------------------------------------------------------------------------------------------------- attention
 def test_attention_heatmap_is_the_rows(t):
-    fig = plot.attention(t, image_tokens="full", scale="linear")
-    ax = axes(fig, "attention")
     query = t.prompt_length - 1
+    fig = plot.attention(t, query, image_tokens="full", scale="linear")
+    ax = axes(fig, "attention")
     row = t.query_positions.tolist().index(query)
     expected = t.attention[:, :, row, : query + 1].mean(1).numpy()
     values, mesh = mesh_values(ax)
@@ -144,7 +144,7 @@ def test_attention_heatmap_is_the_rows(t):
     assert len(ax.lines) == changes
     names = [text.get_text() for text in ax.texts if (text.get_gid() or "").startswith("segment:")]
     assert names == [s for i, s in enumerate(segments) if i == 0 or segments[i - 1] != s]
-    one_head = mesh_values(axes(plot.attention(t, heads=1, image_tokens="full"), "attention"))[0]
+    one_head = mesh_values(axes(plot.attention(t, query, heads=1, image_tokens="full"), "attention"))[0]
     np.testing.assert_allclose(one_head.reshape(expected.shape), t.attention[:, 1, row, : query + 1].numpy())
 
 
@@ -161,7 +161,7 @@ def test_attention_collapsed_image_column_is_the_image_mass(t):
 
 
 def test_attention_mass_sums_to_one_per_layer(t):
-    matrix, layers, _ = trace_data.attention_matrix(t, None, "mean", None)
+    matrix, layers, _ = trace_data.attention_matrix(t, t.prompt_length - 1, "mean", None)
     table = trace_data.segment_mass(matrix, t.tokens.segment.tolist(), layers)
     np.testing.assert_allclose(table.groupby("layer").mass.sum(), 1.0, rtol=1e-5)
     segments = t.tokens.segment[: matrix.shape[1]].to_numpy()
@@ -169,7 +169,7 @@ def test_attention_mass_sums_to_one_per_layer(t):
              for i, l in enumerate(layers) for s in set(segments)}
     for r in table.itertuples():
         assert r.mass == pytest.approx(naive[(r.layer, r.segment)], rel=1e-5)
-    ax = axes(plot.attention_mass(t), "attention_mass")
+    ax = axes(plot.attention_mass(t, t.prompt_length - 1), "attention_mass")
     assert [text.get_text() for text in ax.get_legend().get_texts()] == ["system", "image", "instruction"]
 
 
@@ -186,7 +186,7 @@ def test_attention_mass_of_one_layer_is_a_stacked_bar_of_its_masses(t):
 
 
 def test_patch_overlay_lays_the_row_on_the_grid(t, t_next):
-    fig = plot.patch_overlay(t)
+    fig = plot.patch_overlay(t, t.prompt_length - 1)
     ax = axes(fig, "patch:base")
     span = t.spans["image"]
     rows, cols = span.grid
@@ -212,7 +212,7 @@ def test_long_sequences_stay_legible(models):
     long = vl.trace(models["mha"], random_image(2), " ".join(["how would you rate this photo ?"] * 40),
                     generate=2)
     assert len(long.tokens) > 250
-    latent = axes(plot.latent_output(long, max_columns=30), "latent_output")
+    latent = axes(plot.latent_output(long, positions=None, max_columns=30), "latent_output")
     assert len(latent.get_xticklabels()) == 30 and "last 30" in latent.get_title()
     att = plot.attention(long, max_columns=50)
     ax = axes(att, "attention")

@@ -44,7 +44,7 @@ def shallow(models):
 @pytest.fixture(scope="module")
 def naive(models):
     """Per-sample traces, one at a time, reduced by loops: ``{(layer, segment): mass}`` and ``[layer, token]``
-    image profile, both means over samples and heads of the last position's row (the one predicting the level)."""
+    image profile, both means over samples and heads of the last position's row (the decision position)."""
     m = models["gqa"]
     n_prefill = len(m.processor.tokenizer(ANSWER_PREFIX, add_special_tokens=False)["input_ids"])
     mass: dict[tuple[int, str], float] = {}
@@ -100,7 +100,7 @@ def test_attention_mass_area_sums_to_one_and_is_the_naive_mean(run_a, naive):
     ax = panel(plot.run_attention_mass(run_a), "attention_mass")
     assert [t.get_text() for t in ax.get_xticklabels()] == ["1", "2", "3"]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["system", "image", "instruction", "answer"]
-    assert "5 samples" in ax.get_title() and "level-predicting" in ax.get_title()
+    assert "5 samples" in ax.get_title() and "decision position" in ax.get_title()
     drawn = bands(ax)
     top = drawn["answer"]
     np.testing.assert_allclose([top[x][1] for x in (1, 2, 3)], 1.0, atol=1e-6)

@@ -165,3 +165,89 @@ def test_report_in_headless_chromium(t, report):
         assert browser.save_screenshot(str(ARTIFACTS / "report.png"))
     finally:
         browser.quit()
+
+
+@pytest.fixture(scope="module")
+def zoo_report(tmp_path_factory):
+    """A real BIQA answer (description, then level) of the zoo's one-stage checkpoint, as a report."""
+    from vlm_lens import zoo
+
+    folder = tmp_path_factory.mktemp("zoo_report")
+    images, _ = zoo.synthetic(3, seed=1)
+    images[2].save(folder / "img.png")
+    t = vl.trace(vl.load("zoo:tiny-biqa-one-stage"), str(folder / "img.png"), PROMPT, generate=48)
+    return t, write_report(t, folder / "report.html", targets=list(vl.biqa.LEVELS))
+
+
+def test_report_opens_and_captions_at_the_decision_position(zoo_report):
+    from vlm_lens.biqa.answer import locate, segment_labels
+
+    t, path = zoo_report
+    layout = locate(t)
+    data = embedded(path)
+    assert data["start"] == data["decision"] == layout.decision_pos != t.prompt_length - 1
+    assert data["segments"] == segment_labels(t, layout)
+    captions = re.findall(r"<figcaption>(.*?)</figcaption>", path.read_text())
+    where = f"decision position {layout.decision_pos} (before &#x27;{layout.level}&#x27;)"
+    assert sum(where in c for c in captions) == 4  # latent output, top-k, target words, attention
+    assert not any("last prompt position" in c for c in captions)
+
+
+def test_custom_figures_are_captioned_by_what_they_show(zoo_report, tmp_path):
+    from vlm_lens.plot import topk
+
+    t, _ = zoo_report
+    page = write_report(t, tmp_path / "custom.html", figures={"topk": topk(t, t.prompt_length - 1, k=3)}).read_text()
+    caption = re.findall(r"<figcaption>(.*?)</figcaption>", page)[0]
+    assert f"last prompt position {t.prompt_length - 1}" in caption and "decision" not in caption
+
+
+def test_an_image_given_in_memory_is_said(models, tmp_path):
+    t = vl.trace(models["mha"], random_image(3), PROMPT)
+    page = write_report(t, tmp_path / "memory.html", figures=False).read_text()
+    assert "input image 0 is not shown" in page and "given in memory" in page
+    shown = write_report(t, tmp_path / "shown.html", figures=False, image=random_image(3)).read_text()
+    assert "is not shown" not in shown and 'alt="input image 0"' in shown
+
+
+def test_report_layout_in_headless_chromium(zoo_report):
+    """At a 1400 px window: nothing overflows sideways, the top-k table fits its panel (every rank visible), text
+    is not cut, figures enlarge on click and close with Escape."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+
+    t, path = zoo_report
+    browser = _browser()
+    try:
+        browser.get(path.resolve().as_uri())
+        width = browser.execute_script("return document.documentElement.clientWidth")
+        assert browser.execute_script("return document.documentElement.scrollWidth") <= width
+        selected = browser.find_element(By.CSS_SELECTOR, ".tok.selected")
+        assert "decision" in selected.get_attribute("class")
+        table = browser.find_element(By.ID, "topk-table")
+        lens = browser.find_element(By.ID, "lens")
+        assert table.rect["x"] + table.rect["width"] <= lens.rect["x"] + lens.rect["width"] + 1
+        heads = [th.text for th in table.find_elements(By.CSS_SELECTOR, "thead th")]
+        assert heads == ["layer"] + [f"rank {r}" for r in range(1, 6)]
+        cut = browser.execute_script(
+            "return [...document.querySelectorAll('#topk-table td, #topk-table th, figcaption, h1, h2, dd')]"
+            ".filter(e => e.scrollWidth > e.clientWidth + 1).map(e => e.textContent)")
+        assert cut == []
+        for img in browser.find_elements(By.CSS_SELECTOR, "#figures img"):
+            assert img.rect["x"] + img.rect["width"] <= width
+        figure = browser.find_element(By.CSS_SELECTOR, "#figure-latent_output img")
+        natural = browser.execute_script("return arguments[0].naturalWidth", figure)
+        figure.click()
+        box = browser.find_element(By.ID, "lightbox")
+        assert box.is_displayed()
+        big = box.find_element(By.TAG_NAME, "img")
+        assert browser.execute_script("return arguments[0].getBoundingClientRect().width", big) == \
+            pytest.approx(natural, abs=1)
+        browser.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+        assert not box.is_displayed()
+        errors = [entry for entry in browser.get_log("browser") if entry["level"] in ("SEVERE", "WARNING")]
+        assert errors == []
+        ARTIFACTS.mkdir(exist_ok=True)
+        assert browser.save_screenshot(str(ARTIFACTS / "report_zoo.png"))
+    finally:
+        browser.quit()

@@ -166,3 +166,25 @@ def test_bad_arguments_and_unwritable_folder(models, tmp_path):
         with pytest.raises(VlmLensError, match="is not writable"):
             run(models["mha"], ds, [Quality()], out=locked / "run", progress=False)
     assert torch.get_num_threads() >= 1
+
+
+def test_two_readings_in_one_run_equal_two_runs(models, tmp_path):
+    ds = from_images([random_image(60 + k, (40 + 4 * k, 36)) for k in range(4)])
+    both = run(models["gqa"], ds, [Attention(), Attention(query="last").named("attention_last")],
+               out=tmp_path / "both", batch_size=3, checkpoint_every=3, progress=False)
+    decision = run(models["gqa"], ds, [Attention()], batch_size=3, progress=False)
+    last = run(models["gqa"], ds, [Attention(query="last")], batch_size=3, progress=False)
+    for name, alone in (("attention", decision), ("attention_last", last)):
+        for table in ("segments", "layers", "image_profile", "samples", "summary"):
+            pd.testing.assert_frame_equal(both[f"{name}.{table}"], alone[f"attention.{table}"], obj=table)
+    assert [a["name"] for a in both.meta["analyses"]] == ["attention", "attention_last"]
+    again = run(models["gqa"], ds, [Attention(), Attention(query="last").named("attention_last")],
+                out=tmp_path / "both", batch_size=3, checkpoint_every=3, progress=False)
+    assert_same_run(both, again)  # the folder's fingerprint holds the prefix: loaded, not refused
+    assert repr(Attention().named("x")).endswith(".named('x')") and Attention().named("x").fresh().name == "x"
+    with pytest.raises(VlmLensError, match=r"named\('attention_2'\)"):
+        run(models["gqa"], ds, [Attention(), Attention(query="last")])
+    with pytest.raises(VlmLensError, match="lower-case letters"):
+        Attention().named("attention.last")
+    with pytest.raises(VlmLensError, match="cannot merge"):
+        Attention().merge(Attention().named("other"))

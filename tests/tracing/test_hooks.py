@@ -132,3 +132,34 @@ def test_nested_captures_share_registration(models, image):
         vl.trace(b, image, PROMPT)
         assert a.adapter.text_config._attn_implementation != "sdpa"
     assert (attention_state(a), attention_state(b)) == before
+
+
+@pytest.mark.parametrize("keep", [dict(), dict(device="cpu", dtype=torch.float64, positions=[0, 5, -1]),
+                                  dict(dtype=torch.bfloat16, layers=[0, -1], positions=[-2, -1])],
+                         ids=["default", "host-float64-positions", "bf16-layers"])
+def test_kept_states_are_the_layer_outputs_bit_for_bit(models, keep):
+    """Whatever is kept, where and in whichever dtype: exactly the tensors a hand-written hook sees, cast."""
+    m = models["gqa"]
+    seen: dict[int, torch.Tensor] = {}  # the last forward's states (the teacher-forced pass after generation)
+    handles = [m.adapter.layers[0].register_forward_pre_hook(
+        lambda module, args, kwargs: seen.__setitem__(0, (args[0] if args else kwargs["hidden_states"]).clone()),
+        with_kwargs=True)]
+    for i, layer in enumerate(m.adapter.layers):
+        handles.append(layer.register_forward_hook(
+            lambda module, args, out, i=i: seen.__setitem__(i + 1, (out[0] if isinstance(out, tuple) else out)
+                                                           .clone())))
+    images, prompts = [random_image(1, (64, 32)), random_image(2, (40, 40))], ["rate it", PROMPT]
+    try:
+        traces = vl.trace(m, images, prompts, generate=3, keep=vl.Keep(**keep))
+    finally:
+        for handle in handles:
+            handle.remove()
+    width = max(len(t.tokens) for t in traces)
+    dtype = keep.get("dtype", torch.float32)
+    for i, t in enumerate(traces):
+        pad = width - len(t.tokens)
+        assert t.hidden.dtype == dtype and t.hidden.device.type == "cpu"
+        for row, layer in enumerate(t.layers):
+            expected = seen[layer][i, pad + t.positions].to(dtype)
+            assert torch.equal(t.hidden[row], expected), (i, layer)
+

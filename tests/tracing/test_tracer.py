@@ -145,3 +145,18 @@ def test_text_of_tokens_and_answer(models, image):
     words = t.tokens[t.tokens.segment == "instruction"].text.tolist()
     assert " ".join(words) == "how would you rate the quality of this image ?"
     assert t.answer == m.adapter.tokenizer.decode(t.response_ids, skip_special_tokens=True).strip()
+
+
+def test_split_equals_stacking_and_releases_the_recorder_tensors():
+    """Per-sample stacks of the stored layers (as torch.stack of slices would give), built layer by layer while
+    the stored tensors are dropped, so that what is kept is not held twice."""
+    from vlm_lens.tracing.tracer import _split
+
+    generator = torch.Generator().manual_seed(0)
+    stored = {layer: torch.randn(3, 7, 5, generator=generator) for layer in (0, 2, 5)}
+    copy = {k: v.clone() for k, v in stored.items()}
+    where = [(0, slice(7)), (1, slice(4)), (2, slice(2, 6))]
+    out = _split(stored, [0, 2, 5], where)
+    assert stored == {}
+    for sample, index in enumerate(where):
+        assert torch.equal(out[sample], torch.stack([copy[k][index] for k in (0, 2, 5)]))

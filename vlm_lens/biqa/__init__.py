@@ -6,6 +6,9 @@
 - :mod:`~vlm_lens.biqa.qalign`: Q-Align on the mPLUG-Owl2 family (its prompt format, a one-call score);
 - :mod:`~vlm_lens.biqa.attention`: attention of the deciding position by segment, image token and patch;
 - :mod:`~vlm_lens.biqa.instability`, :mod:`~vlm_lens.biqa.grounding`: the paper's two other analyses;
+- :mod:`~vlm_lens.biqa.positions`: the position names ``"decision"`` and ``"description"`` of interventions;
+- :mod:`~vlm_lens.biqa.effects`, :mod:`~vlm_lens.biqa.patching`: effects of knockouts and of patching another
+  checkpoint's residual stream on the level, over a dataset;
 - :mod:`~vlm_lens.biqa.analyses`: every analysis a run can compute, in one namespace (``vl.analyses``);
 - :mod:`~vlm_lens.biqa.comparison`: checkpoints' runs compared, paired per sample (``vl.compare``);
 - :mod:`~vlm_lens.biqa.evaluation`: ``vl.evaluate`` and the default analyses of a run;
@@ -45,14 +48,17 @@ _EXPORTS = {
     "LLAMA_LEVEL_IDS": ".qalign:LLAMA_LEVEL_IDS",
     "Attention": ".attention:Attention", "attention_mass": ".attention:attention_mass",
     "Instability": ".instability:Instability", "Grounding": ".grounding:Grounding",
+    "KnockoutEffects": ".effects:KnockoutEffects", "PatchingEffects": ".patching:PatchingEffects",
+    "decision_position": ".positions:decision_position",
     "Comparison": ".comparison:Comparison", "compare": ".comparison:compare",
     "default_analyses": ".evaluation:default_analyses", "evaluate": ".evaluation:evaluate",
     "analyses": ".analyses",
 }
 
 __all__ = ["ANSWER_PREFIX", "BIQA_SEGMENTS", "DESCRIBE_PROMPT", "GOOD_POOR", "LEVELS", "QALIGN_PROMPT", "WEIGHTS",
-           "WEIGHT_SETS", "AnswerLayout", "Attention", "Comparison", "Grounding", "Instability", "LLAMA_LEVEL_IDS",
-           "QALIGN_FORMAT", "Quality", "analyses", "attention_mass", "compare", "default_analyses", "evaluate",
+           "WEIGHT_SETS", "AnswerLayout", "Attention", "Comparison", "Grounding", "Instability", "KnockoutEffects",
+           "LLAMA_LEVEL_IDS", "PatchingEffects", "QALIGN_FORMAT", "Quality", "analyses", "attention_mass", "compare",
+           "decision_position", "default_analyses", "evaluate",
            "lens_by_layer", "level_token_ids", "locate", "qalign_score", "quality", "segment_labels",
            "weighted_score"]
 
@@ -63,8 +69,11 @@ if TYPE_CHECKING:
     from .answer import AnswerLayout, level_token_ids, locate, segment_labels
     from .attention import Attention, attention_mass
     from .comparison import Comparison, compare
+    from .effects import KnockoutEffects
     from .evaluation import default_analyses, evaluate
     from .grounding import Grounding
     from .instability import Instability
+    from .patching import PatchingEffects
+    from .positions import decision_position
     from .qalign import LLAMA_LEVEL_IDS, QALIGN_FORMAT, qalign_score
     from .quality import Quality, lens_by_layer, quality, weighted_score

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 from ..runs.reducers import Reducer
 from .attention import Attention
+from .effects import KnockoutEffects
 from .grounding import Grounding
 from .instability import Instability
+from .patching import PatchingEffects
 from .quality import Quality
 
-__all__ = ["Attention", "Grounding", "Instability", "Quality", "Reducer"]
+__all__ = ["Attention", "Grounding", "Instability", "KnockoutEffects", "PatchingEffects", "Quality", "Reducer"]

@@ -6,14 +6,15 @@ over the segments of :mod:`vlm_lens.biqa.answer`
 (``system, image, instruction, description, answer``) and over image-token indices, for one trace or, through
 :class:`Attention`, averaged over a dataset whose samples have different lengths.
 
-Which query row. ``query="predict"`` (the reducer's default) is the position whose logits predict the level word
-(the position before a generated level word, or the last prompt position Q-Align style); ``"level"`` the
-generated level word's own position (falling back to ``"predict"`` when nothing was generated); ``"last"`` the
-last position; an integer a sequence position. Samples without such a position (no level found) are counted and
-left out.
+Which query row. ``query="decision"`` (the default) is the decision position, whose logits decide the level word
+(the position before a generated level word, or the last prompt position of a prefilled Q-Align answer);
+``"level"`` the generated level word's own position (falling back to the decision position when nothing was
+generated); ``"last"`` the last position; an integer a sequence position. Samples without such a position (no
+level found) are counted and left out.
 
 In every table ``layer`` is the decoder block, numbered like the hidden state it produces: 1 = the first block
-(``Trace.attention_layers[i] + 1``), so attention and logit-lens tables of the same layer line up.
+(``Trace.attention_blocks``, i.e. ``Trace.attention_layers[i] + 1``), so attention and logit-lens tables of the same
+layer line up.
 
 Averages are means over samples: segment mass per (layer, head, segment) is summed per sample and divided by
 the number of samples used; a sample without a description contributes 0 to "description" (it gave it no mass).
@@ -33,10 +34,13 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..core.checks import as_bool, as_int, as_text, as_words
 from ..core.errors import VlmLensError
 from ..runs.reducers import Reducer, TraceRequest, accumulate
+from ..runs.stats import mean_interval
 from .answer import AnswerLayout, locate, query_index, segment_labels
-from .vocabulary import ANSWER_PREFIX, BIQA_SEGMENTS, LEVELS, QALIGN_PROMPT
+from .quality import check_question
+from .vocabulary import ANSWER_PREFIX, ATTENTION_QUERIES, BIQA_SEGMENTS, LEVELS, QALIGN_PROMPT
 
 if TYPE_CHECKING:
     from ..runs.datasets import Sample
@@ -44,8 +48,6 @@ if TYPE_CHECKING:
 
 __all__ = ["Attention", "attention_mass", "image_profile", "mass_by_segment", "patch_map", "query_position",
            "segment_mass"]
-
-_NAMED_QUERIES = ("predict", "level", "last")
 
 
 def query_position(trace: "Trace", layout: AnswerLayout, query: str | int) -> int | None:
@@ -55,13 +57,13 @@ def query_position(trace: "Trace", layout: AnswerLayout, query: str | int) -> in
         if not -n <= int(query) < n:
             raise VlmLensError(f"query={query}: out of range for a sequence of {n} positions.")
         return int(query) % n
-    if query == "predict":
-        return layout.predict_pos
+    if query == "decision":
+        return layout.decision_pos
     if query == "level":
-        return layout.level_pos if layout.level_pos is not None else layout.predict_pos
+        return layout.level_pos if layout.level_pos is not None else layout.decision_pos
     if query == "last":
         return n - 1
-    raise VlmLensError(f"query={query!r}: expected one of {_NAMED_QUERIES} or a sequence position.")
+    raise VlmLensError(f"query={query!r}: expected one of {ATTENTION_QUERIES} or a sequence position.")
 
 
 def _rows(trace: "Trace", position: int) -> torch.Tensor:
@@ -128,7 +130,7 @@ def attention_mass(trace: "Trace", by: str = "segment", *, query: str | int | No
         ``segment, mass``.
 
     Example:
-        >>> attention_mass(t, query="predict").pivot_table("mass", "layer", "segment")   # doctest: +SKIP
+        >>> attention_mass(t, query="decision").pivot_table("mass", "layer", "segment")  # doctest: +SKIP
     """
     if by != "segment":
         raise VlmLensError(f"by={by!r}: only 'segment' is supported.")
@@ -138,11 +140,11 @@ def attention_mass(trace: "Trace", by: str = "segment", *, query: str | int | No
     frames = []
     for position in positions:
         if position is None:
-            raise VlmLensError(f"query={query!r}: this trace has no such position (no level word was found).")
+            raise VlmLensError(f"query={query!r}: this trace has no such position ({layout.reason}).")
         mass = segment_mass(trace, position, labels)
         n_layer, n_head, n_seg = mass.shape
         frames.append(pd.DataFrame({
-            "layer": np.repeat(_blocks(trace), n_head * n_seg),
+            "layer": np.repeat(trace.attention_blocks, n_head * n_seg),
             "head": np.tile(np.repeat(np.arange(n_head), n_seg), n_layer),
             "query": position, "segment": list(BIQA_SEGMENTS) * (n_layer * n_head), "mass": mass.reshape(-1).numpy()}))
     return pd.concat(frames, ignore_index=True)
@@ -152,14 +154,20 @@ class Attention(Reducer):
     """Dataset-level attention of one query token: by segment, over image-token index, over the patch grid.
 
     Args:
-        query: Which row (see :func:`query_position`); default the position predicting the level word.
-        prompt, answer_prefix, prefill, generate: What is asked and generated (as :class:`~vlm_lens.iqa.Quality`).
+        query: Which row (see :func:`query_position`); default the decision position.
+        prompt, answer_prefix, prefill, generate: What is asked and generated (as
+            :class:`~vlm_lens.biqa.quality.Quality`; ``prefill=False, generate=0`` is refused).
         levels: The level words (to find the level and the answer).
 
-    Tables: ``segments`` (``layer, head, segment, mass, n``: mean over samples), ``image_profile`` (``layer,
-    head, token, mass, n``), ``grid`` (``grid`` "RxC", ``layer, head, row, col, mass, n``), ``samples``
-    (``index, id, query_pos, layer, segment, mass``: per sample, mean over heads), ``summary`` (``query,
-    n_samples, n_used, n_no_query``). ``layer`` is the decoder block, 1-based.
+    Tables: ``segments`` (``layer, head, segment, mass, n``: mean over samples), ``layers`` (``layer, segment,
+    mass, low, high, n``: per layer and segment the mean over samples of the head-averaged mass with its 95%
+    Student-t interval: image against description per layer), ``image_profile`` (``layer, head, token, mass,
+    n``), ``grid`` (``grid`` "RxC", ``layer, head, row, col, mass, n``), ``samples`` (``index, id, query_pos,
+    layer, segment, mass``: per sample, mean over heads), ``summary`` (``query, n_samples, n_used, n_no_query``).
+    ``layer`` is the decoder block, 1-based.
+
+    Two readings in one run (the decision position and the level word, say) are two analyses with their own
+    table prefixes: ``[Attention(), Attention(query="level").named("attention_level")]``.
 
     Example:
         >>> vl.run(m, ds, [Attention(query="level")], out="runs/att")["attention.segments"]   # doctest: +SKIP
@@ -168,14 +176,17 @@ class Attention(Reducer):
     name = "attention"
     tables = ("samples",)
 
-    def __init__(self, query: str | int = "predict", *, prompt: str = QALIGN_PROMPT,
+    def __init__(self, query: str | int = "decision", *, prompt: str = QALIGN_PROMPT,
                  answer_prefix: str | None = ANSWER_PREFIX, prefill: bool = True, generate: int = 0,
                  levels: Sequence[str] = LEVELS) -> None:
         super().__init__()
-        if not (query in _NAMED_QUERIES or (isinstance(query, int) and not isinstance(query, bool))):
-            raise VlmLensError(f"query={query!r}: expected one of {_NAMED_QUERIES} or a sequence position.")
-        self.query, self.prompt, self.answer_prefix, self.prefill = query, prompt, answer_prefix, bool(prefill)
-        self.generate, self.levels = int(generate), list(levels)
+        if not (query in ATTENTION_QUERIES or (isinstance(query, int) and not isinstance(query, bool))):
+            raise VlmLensError(f"query={query!r}: expected one of {ATTENTION_QUERIES} or a sequence position.")
+        self.query, self.prompt = query, as_text(prompt, "prompt", optional=False)
+        self.answer_prefix, self.prefill = as_text(answer_prefix, "answer_prefix"), as_bool(prefill, "prefill")
+        self.generate, self.levels = as_int(generate, "generate", minimum=0), as_words(levels, "levels")
+        if query in ("decision", "level"):
+            check_question(self.prefill, self.generate)
 
     def config(self) -> dict[str, Any]:
         return {"query": self.query, "prompt": self.prompt, "answer_prefix": self.answer_prefix,
@@ -206,7 +217,7 @@ class Attention(Reducer):
             accumulate(self.sums, f"grid/{key}", grid)
             accumulate(self.sums, f"grid_n/{key}", torch.ones(1))
         per_layer = mass.mean(1)  # [layer, segment], mean over heads
-        for i, layer in enumerate(_blocks(trace)):
+        for i, layer in enumerate(trace.attention_blocks):
             for j, segment in enumerate(BIQA_SEGMENTS):
                 self.emit("samples", {"index": sample.index, "id": sample.id, "query_pos": position, "layer": layer,
                                       "segment": segment, "mass": float(per_layer[i, j])})
@@ -240,12 +251,23 @@ class Attention(Reducer):
                                            "col": range(total.shape[3])}).assign(grid=shape, n=n))
         grid = (pd.concat(grids, ignore_index=True)[["grid", "layer", "head", "row", "col", "mass", "n"]] if grids
                 else pd.DataFrame(columns=["grid", "layer", "head", "row", "col", "mass", "n"]))
-        return {**frames, "segments": segments, "image_profile": profile, "grid": grid, "summary": summary}
+        return {**frames, "segments": segments, "layers": _layer_means(frames["samples"]), "image_profile": profile,
+                "grid": grid, "summary": summary}
 
 
-def _blocks(trace: "Trace") -> list[int]:
-    """Decoder block numbers (1-based, = hidden index of the block's output) of the trace's attention rows."""
-    return [layer + 1 for layer in trace.attention_layers]
+def _layer_means(samples: pd.DataFrame) -> pd.DataFrame:
+    """Per (layer, segment): the mean over samples of the head-averaged mass, its Student-t interval, ``n``."""
+    rows = []
+    if len(samples):
+        order = {s: k for k, s in enumerate(BIQA_SEGMENTS)}
+        for (layer, segment), group in samples.groupby(["layer", "segment"], sort=True):
+            mean, low, high = mean_interval(group["mass"].to_numpy(float))
+            rows.append({"layer": int(layer), "segment": segment, "mass": mean, "low": low, "high": high,
+                         "n": len(group), "_order": order.get(segment, len(order))})
+    if not rows:
+        return pd.DataFrame(columns=["layer", "segment", "mass", "low", "high", "n"])
+    return pd.DataFrame(rows).sort_values(["layer", "_order"], kind="stable").drop(columns="_order") \
+        .reset_index(drop=True)
 
 
 def _long(tensor: torch.Tensor, axes: dict[str, Sequence[Any]]) -> pd.DataFrame:

@@ -7,10 +7,19 @@ pairwise against the first run (the reference):
 
 - correlations (SRCC, PLCC, logistic PLCC of the Q-Align and good/poor scores): paired bootstrap, same resampled
   images for both runs (:func:`vlm_lens.stats.paired_correlations`);
-- per layer (logit lens at the predicting position): ``kl`` and ``level_mass`` by the Wilcoxon signed-rank test
-  over samples, ``agree`` and ``level_agree`` by McNemar's exact test;
-- attention mass per (layer, segment) (mean over heads): Wilcoxon over samples;
-- instability: whether the level changes (McNemar, over images compared in both runs) and its entropy (Wilcoxon).
+- per layer (logit lens at the decision position): ``kl`` and ``level_mass`` by the Wilcoxon signed-rank test
+  over samples, ``agree``, ``level_agree`` and ``level_top1`` by McNemar's exact test;
+- the layer where the level first becomes the lens's top-1: Wilcoxon over the samples where both runs reach it
+  (how many never do is counted per run);
+- attention mass per (layer, segment) (mean over heads) of every attention analysis: Wilcoxon over samples;
+- instability: whether the level changes (McNemar, over images compared in both runs) and its entropy (Wilcoxon);
+- effects of knockouts and patching (:mod:`vlm_lens.biqa.effect_comparison`): per effect, ``d_score`` and
+  ``d_logp`` by Wilcoxon, flips by McNemar.
+
+Every ``*_differences`` table holds many tests (one per layer, segment, metric ...), so each also has
+``p_adjusted``: Holm's correction over that table's tests (:func:`vlm_lens.runs.stats.holm`). The ``significant``
+table lists every difference whose adjusted p-value is below ``alpha`` (0.05), from every table: what differs,
+by how much, and how sure.
 
 A run compared with itself gives zero differences and p = 1 everywhere. Per-layer readings are compared only between
 runs read through the same kind of lens (the logit lens, or each checkpoint's own tuned lens: ``Quality(lens=...)``);
@@ -23,6 +32,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,17 +40,22 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
+from ..core.checks import as_int, as_number, make_folder, shown
 from ..core.errors import VlmLensError
 from ..runs.checkpoint import write_json, write_table
 from ..runs.engine import RunResult
-from ..runs.stats import correlations, mcnemar, paired_correlations, wilcoxon
+from ..runs.stats import correlations, holm, mcnemar, mean_interval, paired_correlations, wilcoxon, wilson
+from .legacy import upgrade
+from .effect_comparison import EFFECT_TABLES, compare_effects
 
 __all__ = ["Comparison", "compare"]
 
-_LENS = ("agree", "kl", "level_mass", "level_agree")
+_LENS = ("agree", "kl", "level_mass", "level_agree", "level_top1")
 #: The kinds of lens per-layer readings can be read through (``compare(lens=...)``).
 LENS_KINDS = ("logit", "tuned")
-_BINARY = ("agree", "level_agree")
+_BINARY = ("agree", "level_agree", "level_top1")
+#: Columns of the ``significant`` table.
+SIGNIFICANT_COLUMNS = ["table", "what", "a", "b", "value_a", "value_b", "diff", "p", "p_adjusted", "test", "n"]
 
 
 @dataclass
@@ -49,14 +64,23 @@ class Comparison:
 
     Attributes:
         runs: Run names, the reference first.
-        tables: ``samples`` (``run, id, mos, score, good_poor, level``), ``correlations`` (``run, score, metric,
-            value, low, high, n``), ``correlation_differences`` (``a, b, score, metric, diff, low, high, p, n``
-            with ``diff = b - a``), ``layers`` (``run, layer, agree, kl, level_mass, level_agree, n``),
-            ``layer_differences`` (``a, b, layer, quantity, mean_a, mean_b, diff, p, test, n``), ``attention``
-            (``run, layer, segment, mass, n``), ``attention_differences`` (``a, b, layer, segment, mass_a,
-            mass_b, shift, p, n``), ``instability`` (``run, pct_changed, mean_entropy_bits, n``),
-            ``instability_differences`` (``a, b, quantity, value_a, value_b, diff, p, test, n``). Tables of an
-            analysis that not every run has are absent (see ``notes``).
+        tables: ``samples`` (``run, id, mos, score, good_poor, level, first_top1``), ``correlations`` (``run,
+            score, metric, value, low, high, n``), ``correlation_differences`` (``a, b, score, metric, diff, low,
+            high, p, p_adjusted, n`` with ``diff = b - a``), ``layers`` (``run, layer, agree, kl, level_mass,
+            level_agree, level_top1, n``), ``layer_differences`` (``a, b, layer, quantity, mean_a, mean_b, diff,
+            p, p_adjusted, test, n``), ``first_top1`` (``run, layer, n, share``; ``layer`` <NA>: never),
+            ``first_top1_differences`` (``a, b, mean_a, mean_b, diff, p, p_adjusted, test, n, never_a,
+            never_b``), ``attention`` (``run, layer, segment, mass, low, high, n``), ``attention_differences``
+            (``a, b, layer, segment, mass_a, mass_b, diff, p, p_adjusted, n``) — and the same two per further
+            attention analysis of the runs, named after it (``attention_level``, ``attention_level_differences``)
+            —, ``instability`` (``run, pct_changed, pct_changed_low, pct_changed_high, mean_entropy_bits, n``),
+            ``instability_differences`` (``a, b, quantity, value_a, value_b, diff, p, p_adjusted, test, n``),
+            ``knockout`` / ``patching`` and ``knockout_differences`` / ``patching_differences`` (see
+            :func:`~vlm_lens.biqa.effect_comparison.compare_effects`),
+            ``significant`` (``table, what, a, b, value_a, value_b, diff, p, p_adjusted, test, n``: every
+            difference with ``p_adjusted < alpha``). Tables of an analysis that not every run has are absent (see
+            ``notes``). Layers: hidden indices for the lens (0 = decoder input), decoder blocks for attention
+            (1 = the first), the same numbers for the same block.
         notes: What was aligned or left out, and why.
     """
 
@@ -75,7 +99,7 @@ class Comparison:
 
     def save(self, folder: str | Path) -> Path:
         """``<table>.parquet`` + ``.csv`` per table and ``comparison.json`` (runs, notes)."""
-        folder = Path(folder)
+        folder = make_folder(folder, "folder")
         for name, frame in self.tables.items():
             write_table(frame, folder / name)
         write_json(folder / "comparison.json", {"runs": self.runs, "notes": self.notes})
@@ -83,12 +107,13 @@ class Comparison:
 
 
 def compare(runs: Mapping[str, RunResult | str | Path], *, n_boot: int = 1000, seed: int = 0,
-            lens: str | None = None) -> Comparison:
+            alpha: float = 0.05, lens: str | None = None) -> Comparison:
     """Align runs of several checkpoints on their common samples and test their differences pairwise.
 
     Args:
         runs: Name -> a :class:`~vlm_lens.runs.RunResult` or a run folder; the first is the reference.
         n_boot, seed: Bootstrap resamples and seed for the correlation intervals and paired differences.
+        alpha: The level below which a Holm-adjusted p-value counts as significant (the ``significant`` table).
         lens: The lens the per-layer readings must have been read through in every run: ``"logit"`` or ``"tuned"``
             (each run with its own checkpoint's tuned lens). None: whichever the runs used, when they agree (when
             they do not, the per-layer tables are left out, with a note).
@@ -106,7 +131,14 @@ def compare(runs: Mapping[str, RunResult | str | Path], *, n_boot: int = 1000, s
         raise VlmLensError(f"compare() needs a mapping of at least two named runs, e.g. {{'one-stage': 'runs/a', "
                            f"'two-stage': 'runs/b'}}; got {type(runs).__name__} of length "
                            f"{len(runs) if hasattr(runs, '__len__') else '?'}.")
-    loaded = {str(name): r if isinstance(r, RunResult) else RunResult.load(r) for name, r in runs.items()}
+    n_boot, seed = as_int(n_boot, "n_boot", minimum=0), as_int(seed, "seed")
+    alpha = as_number(alpha, "alpha")
+    if not 0 < alpha < 1:
+        raise VlmLensError(f"alpha={alpha!r}: expected a significance level between 0 and 1, e.g. 0.05.")
+    loaded = {str(name): _run_of(name, r) for name, r in runs.items()}
+    if len(loaded) < len(runs):
+        raise VlmLensError(f"compare(): run names {list(runs)} repeat once made strings; give each run its own name.")
+    loaded = {name: RunResult(upgrade(r.tables), r.skipped, r.meta, r.folder) for name, r in loaded.items()}
     names = list(loaded)
     out = Comparison(names)
     directions = {r.meta["dataset"]["higher_is_better"] for r in loaded.values()}
@@ -121,10 +153,20 @@ def compare(runs: Mapping[str, RunResult | str | Path], *, n_boot: int = 1000, s
         _quality(loaded, common, higher_is_better, n_boot, seed, out)
     if _shared(loaded, "quality.layer_samples", out.notes) and _same_lens(loaded, lens, out.notes):
         _layers(loaded, common, out)
-    if _shared(loaded, "attention.samples", out.notes):
-        _attention(loaded, common, out)
+        if all("first_top1" in r["quality.samples"].columns for r in loaded.values()):
+            _first_top1(loaded, common, out)
+    for name in _attention_analyses(loaded):
+        if _shared(loaded, f"{name}.samples", out.notes):
+            _attention(loaded, common, out, name)
     if _shared(loaded, "instability.samples", out.notes):
         _instability(loaded, common, out)
+    for analysis in EFFECT_TABLES:
+        if _shared(loaded, f"{analysis}.samples", out.notes):
+            out.tables.update(compare_effects(loaded, common, analysis))
+    for table, frame in out.tables.items():
+        if table.endswith("_differences") and "p" in frame.columns:
+            out.tables[table] = frame.assign(p_adjusted=holm(frame["p"].to_numpy(float)))
+    out.tables["significant"] = _significant(out.tables, alpha)
     return out
 
 
@@ -151,6 +193,53 @@ def _same_lens(runs: dict[str, RunResult], lens: str | None, notes: list[str]) -
     return True
 
 
+def _run_of(name: Any, run: Any) -> RunResult:
+    """``runs[name]`` as a :class:`RunResult` (a run folder is read)."""
+    if isinstance(run, RunResult):
+        return run
+    if not isinstance(run, (str, os.PathLike)):
+        raise VlmLensError(f"runs[{name!r}]={shown(run)}: expected a RunResult (from vl.run) or a run folder (the out= "
+                           f"of vl.run, a str or Path), got {type(run).__name__}.")
+    return RunResult.load(run)
+
+
+def _attention_analyses(runs: dict[str, RunResult]) -> list[str]:
+    """The table prefixes of the reference run's attention analyses (``attention`` first, then named ones)."""
+    reference = next(iter(runs.values()))
+    named = [a.get("name") for a in reference.meta.get("analyses", []) if a.get("class") == "Attention"]
+    found = [n for n in named if n and f"{n}.samples" in reference.tables]
+    if not found and "attention.samples" in reference.tables:
+        found = ["attention"]
+    return sorted(found, key=lambda n: (n != "attention", n))
+
+
+def _significant(tables: dict[str, pd.DataFrame], alpha: float) -> pd.DataFrame:
+    """Every difference of every ``*_differences`` table whose Holm-adjusted p-value is below ``alpha``."""
+    rows = []
+    for table, frame in tables.items():
+        if not table.endswith("_differences") or "p_adjusted" not in frame.columns:
+            continue
+        for r in frame[frame["p_adjusted"] < alpha].to_dict("records"):
+            rows.append({"table": table, "what": _what(table, r), "a": r["a"], "b": r["b"],
+                         "value_a": r.get("value_a", r.get("mean_a", r.get("mass_a", np.nan))),
+                         "value_b": r.get("value_b", r.get("mean_b", r.get("mass_b", np.nan))),
+                         "diff": r["diff"], "p": r["p"], "p_adjusted": r["p_adjusted"],
+                         "test": r.get("test", "paired bootstrap" if table == "correlation_differences" else
+                                       "wilcoxon"), "n": r["n"]})
+    return pd.DataFrame(rows, columns=SIGNIFICANT_COLUMNS)
+
+
+def _what(table: str, row: dict[str, Any]) -> str:
+    """A difference in words: ``"layer 3, image"``, ``"qalign srcc"``, ``"level_agree at layer 2"``."""
+    if table == "correlation_differences":
+        return f"{row['score']} {row['metric']}"
+    if table == "layer_differences":
+        return f"{row['quantity']} at layer {row['layer']}"
+    if "segment" in row:
+        return f"layer {row['layer']}, {row['segment']}"
+    return str(row.get("quantity", table))
+
+
 def _shared(runs: dict[str, RunResult], table: str, notes: list[str]) -> bool:
     """Whether every run has ``table`` (noted when only some do)."""
     missing = [name for name, r in runs.items() if table not in r.tables]
@@ -164,7 +253,8 @@ def _common_ids(runs: dict[str, RunResult], notes: list[str]) -> list[str]:
     per_run = {}
     for name, r in runs.items():
         table = next((r.tables[t] for t in ("quality.samples", "attention.samples", "instability.samples",
-                                            "grounding.samples") if t in r.tables), None)
+                                            "grounding.samples", "knockout.samples", "patching.samples")
+                      if t in r.tables), None)
         per_run[name] = list(dict.fromkeys(table["id"].astype(str))) if table is not None else []
     reference = per_run[next(iter(runs))]
     shared = set.intersection(*(set(ids) for ids in per_run.values()))
@@ -189,9 +279,9 @@ def _aligned(frame: pd.DataFrame, common: list[str], keys: list[str]) -> pd.Data
 def _quality(runs: dict[str, RunResult], common: list[str], higher_is_better: bool, n_boot: int, seed: int,
              out: Comparison) -> None:
     samples = {name: _aligned(r["quality.samples"], common, []) for name, r in runs.items()}
-    out.tables["samples"] = pd.concat([s[["id", "mos", "score", "good_poor", "level"]].assign(run=name)
-                                       for name, s in samples.items()], ignore_index=True)[
-        ["run", "id", "mos", "score", "good_poor", "level"]]
+    columns = ["id", "mos", "score", "good_poor", "level", "first_top1"]
+    out.tables["samples"] = pd.concat([s.reindex(columns=columns).assign(run=name) for name, s in samples.items()],
+                                      ignore_index=True)[["run", *columns]]
     reference = next(iter(runs))
     mos = samples[reference]["mos"].to_numpy(float)
     if not np.isfinite(mos).all():
@@ -215,6 +305,7 @@ def _quality(runs: dict[str, RunResult], common: list[str], higher_is_better: bo
 
 def _layers(runs: dict[str, RunResult], common: list[str], out: Comparison) -> None:
     tables = {name: _aligned(r["quality.layer_samples"], common, ["layer"]) for name, r in runs.items()}
+    lens = [q for q in _LENS if all(q in t.columns for t in tables.values())]  # runs of earlier versions lack some
     layer_sets = [set(t["layer"]) for t in tables.values()]
     layers = sorted(set.intersection(*layer_sets))
     if any(s != set(layers) for s in layer_sets):
@@ -222,44 +313,76 @@ def _layers(runs: dict[str, RunResult], common: list[str], out: Comparison) -> N
     rows, diffs = [], []
     reference = next(iter(runs))
     for name, t in tables.items():
-        t = t[t["layer"].isin(layers)].astype({c: float for c in _LENS})
-        means = t.groupby("layer", sort=True)[list(_LENS)].mean()
+        t = t[t["layer"].isin(layers)].astype({c: float for c in lens})
+        means = t.groupby("layer", sort=True)[lens].mean()
         rows.append(means.assign(n=t.groupby("layer").size(), run=name).reset_index())
         tables[name] = t
     for name in list(tables)[1:]:
         for layer in layers:
             a, b = (_by_id(tables[reference], layer), _by_id(tables[name], layer))
             both = a.index.intersection(b.index)
-            for quantity in _LENS:
+            for quantity in lens:
                 x, y = a.loc[both, quantity].to_numpy(float), b.loc[both, quantity].to_numpy(float)
                 binary = quantity in _BINARY
                 diffs.append({"a": reference, "b": name, "layer": layer, "quantity": quantity,
                               "mean_a": x.mean(), "mean_b": y.mean(), "diff": y.mean() - x.mean(),
                               "p": mcnemar(x > 0.5, y > 0.5) if binary else wilcoxon(x, y),
                               "test": "mcnemar" if binary else "wilcoxon", "n": len(both)})
-    out.tables["layers"] = pd.concat(rows, ignore_index=True)[["run", "layer", *_LENS, "n"]]
+    out.tables["layers"] = pd.concat(rows, ignore_index=True)[["run", "layer", *lens, "n"]]
     out.tables["layer_differences"] = pd.DataFrame(diffs)
+
+
+def _first_top1(runs: dict[str, RunResult], common: list[str], out: Comparison) -> None:
+    """The layer where the level first becomes the lens's top-1: its distribution per run, and the paired shift."""
+    samples = {name: _aligned(r["quality.samples"], common, []).set_index("id") for name, r in runs.items()}
+    rows = []
+    for name, s in samples.items():
+        with_level = s[s["score"].notna()]
+        counts = with_level["first_top1"].astype("Int64").value_counts(dropna=False)
+        total = max(len(with_level), 1)
+        for layer, n in sorted(counts.items(), key=lambda item: (pd.isna(item[0]), item[0] if not pd.isna(item[0])
+                                                                 else 0)):
+            rows.append({"run": name, "layer": layer, "n": int(n), "share": int(n) / total})
+    table = pd.DataFrame(rows, columns=["run", "layer", "n", "share"])
+    out.tables["first_top1"] = table.astype({"layer": "Int64"})
+    reference, diffs = next(iter(samples)), []
+    a = samples[reference]
+    for name in list(samples)[1:]:
+        b = samples[name].loc[a.index]
+        x, y = a["first_top1"].to_numpy(float), b["first_top1"].to_numpy(float)
+        both = np.isfinite(x) & np.isfinite(y)
+        with_a, with_b = a["score"].notna().to_numpy(), b["score"].notna().to_numpy()
+        diffs.append({"a": reference, "b": name, "mean_a": x[both].mean() if both.any() else np.nan,
+                      "mean_b": y[both].mean() if both.any() else np.nan,
+                      "diff": (y[both] - x[both]).mean() if both.any() else np.nan,
+                      "p": wilcoxon(x[both], y[both]), "test": "wilcoxon", "n": int(both.sum()),
+                      "never_a": int((with_a & ~np.isfinite(x)).sum()),
+                      "never_b": int((with_b & ~np.isfinite(y)).sum())})
+    out.tables["first_top1_differences"] = pd.DataFrame(diffs)
 
 
 def _by_id(table: pd.DataFrame, layer: int) -> pd.DataFrame:
     return table[table["layer"] == layer].set_index("id")
 
 
-def _attention(runs: dict[str, RunResult], common: list[str], out: Comparison) -> None:
-    tables = {name: _aligned(r["attention.samples"], common, ["layer"]) for name, r in runs.items()}
+def _attention(runs: dict[str, RunResult], common: list[str], out: Comparison, analysis: str = "attention") -> None:
+    tables = {name: _aligned(r[f"{analysis}.samples"], common, ["layer"]) for name, r in runs.items()}
     rows, diffs = [], []
     reference = next(iter(runs))
     for name, t in tables.items():
-        grouped = t.groupby(["layer", "segment"], sort=True)["mass"]
-        rows.append(pd.DataFrame({"mass": grouped.mean(), "n": grouped.size()}).reset_index().assign(run=name))
+        for (layer, segment), group in t.groupby(["layer", "segment"], sort=True):
+            mean, low, high = mean_interval(group["mass"].to_numpy(float))
+            rows.append({"run": name, "layer": layer, "segment": segment, "mass": mean, "low": low, "high": high,
+                         "n": len(group)})
     for name in list(tables)[1:]:
         merged = tables[reference].merge(tables[name], on=["id", "layer", "segment"], suffixes=("_a", "_b"))
         for (layer, segment), group in merged.groupby(["layer", "segment"], sort=True):
             x, y = group["mass_a"].to_numpy(float), group["mass_b"].to_numpy(float)
             diffs.append({"a": reference, "b": name, "layer": layer, "segment": segment, "mass_a": x.mean(),
-                          "mass_b": y.mean(), "shift": y.mean() - x.mean(), "p": wilcoxon(x, y), "n": len(group)})
-    out.tables["attention"] = pd.concat(rows, ignore_index=True)[["run", "layer", "segment", "mass", "n"]]
-    out.tables["attention_differences"] = pd.DataFrame(diffs)
+                          "mass_b": y.mean(), "diff": y.mean() - x.mean(), "p": wilcoxon(x, y), "test": "wilcoxon",
+                          "n": len(group)})
+    out.tables[analysis] = pd.DataFrame(rows, columns=["run", "layer", "segment", "mass", "low", "high", "n"])
+    out.tables[f"{analysis}_differences"] = pd.DataFrame(diffs)
 
 
 def _instability(runs: dict[str, RunResult], common: list[str], out: Comparison) -> None:
@@ -268,7 +391,9 @@ def _instability(runs: dict[str, RunResult], common: list[str], out: Comparison)
     reference = next(iter(runs))
     for name, t in tables.items():
         compared = t["changed"].dropna().astype(bool)
+        low, high = wilson(int(compared.sum()), len(compared))
         rows.append({"run": name, "pct_changed": 100.0 * compared.mean() if len(compared) else np.nan,
+                     "pct_changed_low": 100.0 * low, "pct_changed_high": 100.0 * high,
                      "mean_entropy_bits": t["entropy_bits"].astype(float).mean(), "n": len(compared)})
     a = tables[reference]
     for name in list(tables)[1:]:

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 import pandas as pd
 
+from ..core.checks import as_int, as_number, as_text, as_words, is_integer
 from ..core.errors import VlmLensError
 from ..runs.reducers import Reducer, TraceRequest
 from ..runs.stats import sigmoid, srcc
@@ -231,11 +232,13 @@ class Grounding(Reducer):
                  answer_prefix: str | None = ANSWER_PREFIX, vocabulary: Vocabulary | None = None, folds: int = 5,
                  l2: float = 1.0, seed: int = 0) -> None:
         super().__init__()
-        if not isinstance(generate, int) or generate < 1:
+        if not is_integer(generate) or generate < 1:
             raise VlmLensError(f"generate={generate!r}: grounding reads a generated description; pass >= 1.")
-        self.prompt, self.generate, self.levels, self.answer_prefix = prompt, generate, list(levels), answer_prefix
+        self.prompt, self.generate = as_text(prompt, "prompt", optional=False), int(generate)
+        self.levels, self.answer_prefix = as_words(levels, "levels"), as_text(answer_prefix, "answer_prefix")
         self.vocabulary = vocabulary or Vocabulary()
-        self.folds, self.l2, self.seed = int(folds), float(l2), int(seed)
+        self.folds, self.l2 = as_int(folds, "folds", minimum=2), as_number(l2, "l2", minimum=0)
+        self.seed = as_int(seed, "seed")
 
     def config(self) -> dict[str, Any]:
         v = self.vocabulary
@@ -245,10 +248,8 @@ class Grounding(Reducer):
                                             for k, f in v.features.items()},
                                "intensifiers": dict(v.intensifiers), "negations": list(v.negations)}}
 
-    def fresh(self) -> "Grounding":
-        config = self.config()
-        config.pop("vocabulary")
-        return Grounding(**config, vocabulary=self.vocabulary)
+    def arguments(self) -> dict[str, Any]:
+        return {**self.config(), "vocabulary": self.vocabulary}
 
     def request(self) -> TraceRequest:
         return TraceRequest(self.prompt, None, self.generate)

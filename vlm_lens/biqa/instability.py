@@ -8,7 +8,7 @@ Per image, from ``k`` sampled answers (temperature and top-p as given; repeat ``
 - ``changed``: the generated level word is not the same in every repeat that produced one (images with fewer
   than two such repeats are not compared, and counted);
 - ``entropy_bits``: the entropy (base 2) of the distribution of generated level words over those repeats;
-- per layer (hidden index), at each repeat's predicting position (the position before the level word, see
+- per layer (hidden index), at each repeat's decision position (the position before the level word, see
   :mod:`vlm_lens.biqa.answer`): ``distinct_top1`` = how many different lens top-1 tokens occur across the repeats,
   ``distinct_topk`` = how many different tokens occur in the union of the repeats' lens top-``topk``, and
   ``level_mass`` = the mean probability the lens gives the level words together.
@@ -30,8 +30,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ..core.checks import as_bool, as_int, as_number, as_text, as_words, is_integer
 from ..core.errors import VlmLensError
 from ..runs.reducers import Reducer, TraceRequest
+from ..runs.stats import mean_interval, wilson
 from ..tracing.lens import Lens
 from ..tracing.logit_lens import resolve_lens
 from .answer import AnswerLayout, level_token_ids, locate
@@ -81,7 +83,7 @@ def _entropy_bits(words: list[str]) -> float:
 def candidate_set(traces: Sequence["Trace"], levels: Sequence[str] = LEVELS, *, topk: int = 5,
                   answer_prefix: str | None = ANSWER_PREFIX, layouts: Sequence[AnswerLayout] | None = None,
                   lens: Lens | None = None) -> pd.DataFrame:
-    """Per layer, how many distinct lens tokens the repeats of one image produce at their predicting positions,
+    """Per layer, how many distinct lens tokens the repeats of one image produce at their decision positions,
     read through the logit lens or ``lens`` (e.g. a tuned lens of the traces' model).
 
     Only repeats that generated a level word take part (``n``).
@@ -97,7 +99,7 @@ def candidate_set(traces: Sequence["Trace"], levels: Sequence[str] = LEVELS, *, 
         return pd.DataFrame(columns=columns)
     adapter = used[0][0].model.adapter
     layers = list(used[0][0].layers)
-    hidden = torch.stack([t.hidden_at([layout.predict_pos], layers)[:, 0] for t, layout in used], 1)
+    hidden = torch.stack([t.hidden_at([layout.decision_pos], layers)[:, 0] for t, layout in used], 1)
     reader = resolve_lens(lens, used[0][0].model, layers)
     probs = torch.softmax(reader.layer_logits(hidden, layers), -1)  # [layer, repeat, vocab], on the head's device
     top = probs.topk(topk, dim=-1).indices.cpu()  # [layer, repeat, k]
@@ -127,7 +129,9 @@ class Instability(Reducer):
     Tables: ``samples`` (per image: ``index, id`` + :func:`level_changes`), ``repeats`` (per query: ``index, id,
     repeat, seed, temperature, top_p, level, answer``), ``layer_samples`` (``index, id`` + :func:`candidate_set`),
     ``layers`` (per layer: means over images of ``distinct_top1, distinct_topk, level_mass``, and ``n`` images),
-    ``summary`` (``n_images, n_compared, pct_changed, mean_entropy_bits, k, temperature, top_p, seed``).
+    ``summary`` (``n_images, n_compared, pct_changed, pct_changed_low, pct_changed_high, mean_entropy_bits,
+    mean_entropy_bits_low, mean_entropy_bits_high, k, temperature, top_p, seed``: the share of compared images
+    whose level changes with its 95% Wilson interval, the mean entropy with its Student-t interval).
 
     Example:
         >>> r = vl.run(m, ds, [Instability(k=8, temperature=1.0)], out="runs/unstable")  # doctest: +SKIP
@@ -142,17 +146,20 @@ class Instability(Reducer):
                  generate: int = 2,
                  levels: Sequence[str] = LEVELS, topk: int = 5, lens: Lens | None = None) -> None:
         super().__init__()
-        if not isinstance(k, int) or k < 2:
+        if not is_integer(k) or k < 2:
             raise VlmLensError(f"k={k!r}: instability needs at least 2 queries per image.")
-        if not isinstance(topk, int) or topk < 1:
+        if not is_integer(topk) or topk < 1:
             raise VlmLensError(f"topk={topk!r}: expected an integer >= 1.")
-        self.k, self.temperature, self.top_p, self.seed = k, float(temperature), float(top_p), int(seed)
-        self.prompt, self.answer_prefix, self.prefill = prompt, answer_prefix, bool(prefill)
-        self.generate = int(generate)
+        self.k, self.temperature = int(k), as_number(temperature, "temperature")
+        self.top_p, self.seed = as_number(top_p, "top_p"), as_int(seed, "seed")
+        self.prompt, self.answer_prefix = as_text(prompt, "prompt", optional=False), as_text(answer_prefix,
+                                                                                              "answer_prefix")
+        self.prefill, self.generate = as_bool(prefill, "prefill"), as_int(generate, "generate", minimum=0)
+        self.levels, self.topk = as_words(levels, "levels"), int(topk)
         if lens is not None and not isinstance(lens, Lens):
             raise VlmLensError(f"lens={lens!r}: expected None (the logit lens) or a lens such as "
                                f"vl.TunedLens.load(folder, model); got {type(lens).__name__}.")
-        self.levels, self.topk, self.lens = list(levels), topk, lens
+        self.lens = lens
         self.request()  # validates the sampling settings now, not at the first batch
 
     def config(self) -> dict[str, Any]:
@@ -164,8 +171,8 @@ class Instability(Reducer):
             config["lens"] = self.lens.describe()
         return config
 
-    def fresh(self) -> "Instability":
-        return type(self)(**{**self.config(), "lens": self.lens})
+    def arguments(self) -> dict[str, Any]:
+        return {**self.config(), "lens": self.lens}
 
     def request(self) -> TraceRequest:
         return TraceRequest(self.prompt, self.answer_prefix if self.prefill else None, self.generate,
@@ -197,9 +204,13 @@ class Instability(Reducer):
         else:
             layers = pd.DataFrame(columns=["layer", *columns, "n"])
         compared = samples[samples["changed"].notna()] if len(samples) else samples
+        changed = int(compared["changed"].astype(bool).sum()) if len(compared) else 0
+        low, high = wilson(changed, len(compared))
+        entropy = mean_interval(samples["entropy_bits"].to_numpy(float) if len(samples) else np.empty(0))
         summary = pd.DataFrame([{
             "n_images": len(samples), "n_compared": len(compared),
-            "pct_changed": 100.0 * compared["changed"].astype(bool).mean() if len(compared) else np.nan,
-            "mean_entropy_bits": float(samples["entropy_bits"].astype(float).mean()) if len(samples) else np.nan,
+            "pct_changed": 100.0 * changed / len(compared) if len(compared) else np.nan,
+            "pct_changed_low": 100.0 * low, "pct_changed_high": 100.0 * high,
+            "mean_entropy_bits": entropy[0], "mean_entropy_bits_low": entropy[1], "mean_entropy_bits_high": entropy[2],
             "k": self.k, "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed}])
         return {**frames, "layers": layers, "summary": summary}

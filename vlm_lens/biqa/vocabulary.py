@@ -13,8 +13,8 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["ANSWER_PREFIX", "BIQA_SEGMENTS", "DESCRIBE_PROMPT", "GOOD_POOR", "LEVELS", "QALIGN_PROMPT", "WEIGHTS",
-           "WEIGHT_SETS"]
+__all__ = ["ANSWER_PREFIX", "ATTENTION_QUERIES", "BIQA_SEGMENTS", "DESCRIBE_PROMPT", "GOOD_POOR", "LEVELS",
+           "QALIGN_PROMPT", "WEIGHTS", "WEIGHT_SETS"]
 
 #: Q-Align's five level words, best first.
 LEVELS = ("excellent", "good", "fair", "poor", "bad")
@@ -33,3 +33,6 @@ GOOD_POOR = ("good", "poor")
 #: The segments of a BIQA trace, in display order: the tokens of ``Trace.tokens`` with the response split into the
 #: description and the answer (the level sentence); see :mod:`vlm_lens.biqa.answer`.
 BIQA_SEGMENTS = ("system", "image", "instruction", "description", "answer")
+#: The named positions an attention analysis reads (besides a sequence position): the decision position (whose
+#: logits choose the level), the generated level word, the last position; see :mod:`vlm_lens.biqa.attention`.
+ATTENTION_QUERIES = ("decision", "level", "last")

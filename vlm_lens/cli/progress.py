@@ -1,7 +1,7 @@
 """The progress display over a command's stages (on stderr, shown only on a terminal); prints go around it.
 
 A command checks its arguments first (usage errors import no torch), then enters :class:`Steps`, which loads the
-library with every layer's registrations.
+library with every layer's registrations and keeps transformers quiet unless ``--verbose`` (:mod:`.quiet`).
 """
 
 from __future__ import annotations
@@ -9,26 +9,25 @@ from __future__ import annotations
 import sys
 from typing import Any
 
+from .quiet import quiet
+
 __all__ = ["Steps"]
 
 
 class Steps:
     """A progress bar over the stages of a command (on stderr, shown only on a terminal); prints go around it."""
 
-    def __init__(self, total: int, label: str) -> None:
-        self.total, self.label, self.bar, self.started, self.restore = total, label, None, False, None
+    def __init__(self, total: int, label: str, verbose: bool = False) -> None:
+        self.total, self.label, self.bar, self.started = total, label, None, False
+        self.quiet = quiet(verbose)  # one progress display: ours, not transformers' per-shard bars
 
     def __enter__(self) -> "Steps":
         from tqdm.auto import tqdm
-        from transformers.utils import logging as hf_logging
 
         from ..extensions import register_all
 
         register_all()  # the library is loaded from here on, with every layer's registrations (zoo:, t.plot, ...)
-
-        if hf_logging.is_progress_bar_enabled():  # one progress display: ours, not transformers' per-shard bars
-            hf_logging.disable_progress_bar()
-            self.restore = hf_logging.enable_progress_bar
+        self.quiet.__enter__()
         self.bar = tqdm(total=self.total, desc=self.label, file=sys.stderr, leave=False,
                         disable=not sys.stderr.isatty(), bar_format="{desc} {bar:20} {n_fmt}/{total_fmt}{postfix}")
         return self
@@ -46,5 +45,4 @@ class Steps:
         if exc[0] is None and self.started:
             self.bar.update(1)
         self.bar.close()
-        if self.restore is not None:
-            self.restore()
+        self.quiet.__exit__(*exc)

@@ -3,7 +3,7 @@
 Example:
     >>> from vlm_lens.cli.usage import ANALYSES
     >>> ANALYSES
-    ('quality', 'attention', 'instability', 'grounding')
+    ('quality', 'attention', 'instability', 'grounding', 'knockout', 'patching')
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ __all__ = ["ANALYSES", "DATASET_SUFFIXES", "FORMATS", "UsageError"]
 FORMATS = ("png", "svg", "pdf")
 #: The analyses ``vlm-lens run --analyses`` offers, by the ``Reducer.name`` of their classes in ``vl.analyses``
 #: (tests/cli check that the two agree; this list is here so that ``--help`` needs no torch).
-ANALYSES = ("quality", "attention", "instability", "grounding")
+ANALYSES = ("quality", "attention", "instability", "grounding", "knockout", "patching")
 #: Dataset files ``run`` and ``eval`` read.
 DATASET_SUFFIXES = (".csv", ".json")
 

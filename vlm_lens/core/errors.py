@@ -15,7 +15,8 @@ Example:
 
 from __future__ import annotations
 
-__all__ = ["VlmLensError", "UnsupportedModelError", "ImageError", "RunMismatchError"]
+__all__ = ["VlmLensError", "UnsupportedModelError", "CheckpointError", "ImageError", "DamagedFileError",
+           "RunMismatchError"]
 
 
 class VlmLensError(ValueError):
@@ -26,8 +27,22 @@ class UnsupportedModelError(VlmLensError):
     """The checkpoint or module belongs to no family vlm_lens knows, or uses a feature its adapter refuses."""
 
 
+class CheckpointError(VlmLensError):
+    """A checkpoint's files cannot be read, or its weights do not match its config (missing, unexpected or
+    mis-shaped tensors): loading it would give layers or an output head with random weights."""
+
+
 class ImageError(VlmLensError):
     """An image could not be read or converted to RGB."""
+
+
+class DamagedFileError(VlmLensError):
+    """A file vlm_lens wrote (a saved trace, a run's ``run.json``, checkpoint state or result tables) cannot be read
+    back, or holds values that contradict each other (``path``: the file)."""
+
+    def __init__(self, message: str, path: str) -> None:
+        super().__init__(message)
+        self.path = path
 
 
 class RunMismatchError(VlmLensError):

@@ -8,8 +8,9 @@ expect 8-bit RGB, so every input is converted here, once, with the same rules:
   colour of fully transparent pixels, which is arbitrary);
 - 16-bit and 32-bit images (``I;16``, ``I``, ``F``) are rescaled from their own bit depth to 0..255.
 
-This module never guesses silently about a file it cannot read: a missing, empty or corrupt file raises
-:class:`~vlm_lens.core.errors.ImageError` naming the path.
+This module never guesses silently about a file it cannot read: a missing, empty or corrupt file, an image larger
+than PIL's decompression-bomb limit, an image without pixels, and a float image holding NaN or infinity each raise
+:class:`~vlm_lens.core.errors.ImageError` naming the argument.
 
 Example:
     >>> from PIL import Image
@@ -56,16 +57,36 @@ def load_image(image: ImageLike, *, argument: str = "image") -> Image.Image:
         try:
             with Image.open(path) as opened:
                 opened.load()
-                return to_rgb(opened)
+                return to_rgb(_checked(opened, argument))
+        except Image.DecompressionBombError as err:
+            raise ImageError(f"{argument}={str(path)!r} was not decoded: {err} PIL refuses images above "
+                             f"PIL.Image.MAX_IMAGE_PIXELS ({Image.MAX_IMAGE_PIXELS}) pixels. If you trust the file, "
+                             "raise that limit before tracing, or downscale the image.") from None
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+            if isinstance(err, ImageError):
+                raise
             raise ImageError(f"{argument}={str(path)!r} could not be decoded as an image ({err}). "
                              "The file may be truncated or not an image at all.") from None
     if isinstance(image, Image.Image):
-        return to_rgb(image)
+        return to_rgb(_checked(image, argument))
     if isinstance(image, np.ndarray):
         return to_rgb(_array_to_pil(image, argument))
     raise ImageError(f"{argument}: expected a file path, a PIL.Image or a numpy array, got "
                      f"{type(image).__name__}.")
+
+
+def _checked(image: Image.Image, argument: str) -> Image.Image:
+    """Refuse images without pixels, and float images holding NaN or infinity (converted, they would become black
+    or white pixels without a word)."""
+    if image.width == 0 or image.height == 0:
+        raise ImageError(f"{argument}: the image is {image.width} x {image.height} pixels; it holds no pixels.")
+    if image.mode == "F":
+        values = np.asarray(image)
+        bad = int((~np.isfinite(values)).sum())
+        if bad:
+            raise ImageError(f"{argument}: the 32-bit float image holds {bad} NaN or infinite pixel(s); fix or drop "
+                             "those pixels first (they have no colour).")
+    return image
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -92,9 +113,15 @@ def _array_to_pil(array: np.ndarray, argument: str) -> Image.Image:
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
         raise ImageError(f"{argument}: expected an array of shape (H, W), (H, W, 3) or (H, W, 4), got "
                          f"{tuple(array.shape)}. Channels-first arrays must be transposed to channels-last.")
+    if array.size == 0:
+        raise ImageError(f"{argument}: the array of shape {tuple(array.shape)} holds no pixels.")
     if array.dtype != np.uint8:
         if np.issubdtype(array.dtype, np.floating):
-            if array.size and (array.min() < 0 or array.max() > 1):
+            bad = int((~np.isfinite(array)).sum())
+            if bad:
+                raise ImageError(f"{argument}: the float array holds {bad} NaN or infinite value(s); a pixel needs a "
+                                 "value in [0, 1]. Fix or drop those pixels first (np.nan_to_num, or a mask).")
+            if array.min() < 0 or array.max() > 1:
                 raise ImageError(f"{argument}: a float array must hold values in [0, 1], got range "
                                  f"[{array.min():.3g}, {array.max():.3g}].")
             array = np.round(array * 255.0).astype(np.uint8)

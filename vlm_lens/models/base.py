@@ -29,6 +29,7 @@ from torch import nn
 
 from ..core.errors import UnsupportedModelError, VlmLensError
 from ..core.spans import Span
+from .integrity import check_loading_info
 
 __all__ = ["Adapter", "Encoded", "Prompt", "runs_of", "split_runs"]
 
@@ -101,12 +102,16 @@ class Adapter:
     def from_pretrained(cls, source: str, *, dtype: torch.dtype | None, device_map: Any,
                         attn_implementation: str, trust_remote_code: bool) -> tuple[nn.Module, Any]:
         """Load model and processor from ``source``. Default: transformers' image-text-to-text auto classes,
-        with PIL image processors (the torchvision backend is neither required nor bit-identical)."""
+        with PIL image processors (the torchvision backend is neither required nor bit-identical). Weights that
+        are missing, unused or of another shape than the config asks for are refused
+        (:func:`~vlm_lens.models.integrity.check_loading_info`), not filled with random values."""
         from transformers import AutoModelForImageTextToText
 
-        model = AutoModelForImageTextToText.from_pretrained(
+        model, info = AutoModelForImageTextToText.from_pretrained(
             source, dtype=dtype if dtype is not None else "auto", device_map=device_map,
-            attn_implementation=attn_implementation, trust_remote_code=trust_remote_code)
+            attn_implementation=attn_implementation, trust_remote_code=trust_remote_code, output_loading_info=True,
+            ignore_mismatched_sizes=True)  # mismatched shapes are reported in ``info`` and refused below
+        check_loading_info(source, info)
         try:
             processor = cls.load_processor(source, model, trust_remote_code=trust_remote_code)
         except (OSError, ValueError) as err:
@@ -269,7 +274,8 @@ class Adapter:
                                         "needs a fast (tokenizers-backed) tokenizer to label segments.") from None
         plain_ids, offsets = plain["input_ids"], plain["offset_mapping"]
         matcher = difflib.SequenceMatcher(a=ids, b=plain_ids, autojunk=False)
-        labels = ["image" if t == self.image_token_id else "system" for t in ids]
+        image = self.image_token_id  # once: the property reads the config, ~12 us a call, per position
+        labels = ["image" if t == image else "system" for t in ids]
         for block in matcher.get_matching_blocks():
             for k in range(block.size):
                 i, j = block.a + k, block.b + k

@@ -63,6 +63,18 @@ class TracePlots:
 
         return patch_overlay(self._trace, query, **kwargs)
 
+    def attention_heads(self, query: int | None = None, **kwargs: Any) -> "Figure":
+        """:func:`vlm_lens.plot.attention_heads` of this trace."""
+        from .heads import attention_heads
+
+        return attention_heads(self._trace, query, **kwargs)
+
+    def head_mass(self, query: int | None = None, **kwargs: Any) -> "Figure":
+        """:func:`vlm_lens.plot.head_mass` of this trace."""
+        from .heads import head_mass
+
+        return head_mass(self._trace, query, **kwargs)
+
     def compare(self, other: "Trace", figure: str = "latent_output", **kwargs: Any) -> "Figure":
         """:func:`vlm_lens.plot.pairs` of this trace (first) and ``other`` (second)."""
         from .pairs import compare
@@ -70,4 +82,5 @@ class TracePlots:
         return compare(self._trace, other, figure, **kwargs)
 
     def __repr__(self) -> str:
-        return "TracePlots(latent_output, topk, target_words, attention, attention_mass, patch_overlay, compare)"
+        return ("TracePlots(latent_output, topk, target_words, attention, attention_mass, patch_overlay, "
+                "attention_heads, head_mass, compare)")

@@ -4,9 +4,14 @@ row laid over the image's patch grid.
 The drawing functions take plain arrays (``[layer, key]`` matrices, per-key labels and segments, ``layer, segment,
 mass`` tables), so a row averaged over the samples of a dataset run is drawn by the same code as one Trace's row.
 
+Every figure reads the decision position by default (:mod:`vlm_lens.plot.reading`), labels keys with the BIQA
+segments (system / image / instruction / description / answer), and draws attention in one colour convention
+(:data:`~vlm_lens.plot.style.ATTENTION_CMAP`: light = little, dark = much, square-root scale, a labelled colour
+bar) — on a picture with low attention transparent.
+
 Example:
-    >>> fig = vl.plot.attention(t)                   # the last prompt position's row, heads averaged  # doctest: +SKIP
-    >>> fig = vl.plot.attention_mass(t)              # system / image / instruction / response        # doctest: +SKIP
+    >>> fig = vl.plot.attention(t)                   # the decision position's row, heads averaged   # doctest: +SKIP
+    >>> fig = vl.plot.attention_mass(t)              # by segment, description and answer apart      # doctest: +SKIP
     >>> fig = vl.plot.patch_overlay(t, layer=16, image="cat.jpg")                                    # doctest: +SKIP
 """
 
@@ -19,7 +24,17 @@ import numpy as np
 import pandas as pd
 
 from . import trace_data
-from .style import SEGMENT_COLORS, new_figure, save, style, thin_ticks, token_label
+from .style import (
+    ATTENTION_CMAP,
+    ATTENTION_SCALE,
+    SEGMENT_COLORS,
+    attention_label,
+    new_figure,
+    overlay_cmap,
+    save,
+    style,
+    thin_ticks,
+)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -35,14 +50,14 @@ __all__ = ["attention", "attention_mass", "draw_attention", "draw_attention_mass
 
 def attention(trace: "Trace", query: int | None = None, *, heads: str | int | Sequence[int] = "mean",
               layers: Sequence[int] | None = None, image_tokens: str = "collapse", max_columns: int = 80,
-              scale: str = "sqrt", cmap: str = "magma_r", vmax: float | None = None,
+              scale: str = ATTENTION_SCALE, cmap: str = ATTENTION_CMAP, vmax: float | None = None,
               path: str | Path | None = None) -> "Figure":
     """Layer x context-token heatmap of one query token's attention, segment boundaries marked and labelled.
 
     Args:
         trace: A Trace with attention rows.
-        query: The attending position; it must be one of ``trace.query_positions`` (default: the last prompt
-            position, else the last query position).
+        query: The attending position; it must be one of ``trace.query_positions`` (default: the decision
+            position, else the last prompt position, else the last query position).
         heads: ``"mean"`` over heads, one head index, or a list of heads to average.
         layers: Layers to show, numbered like hidden states (1 = first decoder block); default all.
         image_tokens: Image keys ``"collapse"`` into one column per image (their summed attention), a ``"band"``
@@ -62,19 +77,18 @@ def attention(trace: "Trace", query: int | None = None, *, heads: str | int | Se
         >>> fig = attention(t, query=-1, heads=[0, 1], image_tokens="band")             # doctest: +SKIP
     """
     matrix, numbers, position = trace_data.attention_matrix(trace, query, heads, layers)
-    texts, segments = trace.tokens["text"].tolist(), trace.tokens["segment"].tolist()
     columns = trace_data.build_columns(trace, list(range(position + 1)), image_tokens)
     columns, note = trace_data.bin_columns(columns, max_columns)
     values = column_values(matrix, columns)
     with style():
-        fig = new_figure(2.2 + 0.22 * sum(c.width for c in columns), 1.9 + 0.24 * len(numbers))
+        fig = new_figure(2.4 + 0.22 * sum(c.width for c in columns), 2.1 + 0.24 * len(numbers))
         ax = fig.add_subplot()
         mesh = draw_attention(ax, values, columns, numbers, norm=norm_for(scale, vmax or float(values.max())),
                               cmap=cmap)
         head_text = "mean over heads" if heads == "mean" else f"heads {heads}"
-        ax.set_title(f"attention of position {position} ({token_label(texts[position], 16)!r}, "
-                     f"{segments[position]}), {head_text}" + (f"\n{note}" if note else ""), pad=22)
-        fig.colorbar(mesh, ax=ax, label="attention" + (f" ({scale} scale)" if scale != "linear" else ""), shrink=0.9)
+        ax.set_title(f"attention of the {trace_data.reading(trace).describe(trace, position)}, {head_text}"
+                     + (f"\n{note}" if note else ""), pad=22)
+        fig.colorbar(mesh, ax=ax, label=attention_label(scale), shrink=0.9)
     if path is not None:
         save(fig, path)
     return fig
@@ -101,7 +115,7 @@ def norm_for(scale: str, vmax: float, vmin: float = 0.0) -> "Normalize":
 
 
 def draw_attention(ax: "Axes", values: np.ndarray, columns: Sequence["trace_data.Column"], layers: Sequence[int], *,
-                   norm: "Normalize", cmap: str = "magma_r", segment_axis: bool = True):
+                   norm: "Normalize", cmap: str = ATTENTION_CMAP, segment_axis: bool = True):
     """Draw ``[layer, column]`` attention on ``ax`` with the key tokens as x ticks, a line at each segment change
     and the segment names on a top axis. Returns the mesh (for a colour bar)."""
     widths = np.array([c.width for c in columns])
@@ -123,7 +137,7 @@ def draw_attention(ax: "Axes", values: np.ndarray, columns: Sequence["trace_data
         _segment_names(ax, x, columns, starts)
     ax.set_xlim(0, x[-1])
     ax.set_xlabel("key position (context token)")
-    ax.set_ylabel("layer")
+    ax.set_ylabel("layer (decoder block)")
     ax.set_label("attention")
     return mesh
 
@@ -134,7 +148,7 @@ def _segment_names(ax: "Axes", x: np.ndarray, columns: Sequence["trace_data.Colu
     from matplotlib.transforms import blended_transform_factory, offset_copy
 
     transform = blended_transform_factory(ax.transData, ax.transAxes)
-    points_per_unit = ax.figure.get_size_inches()[0] * 72 * 0.8 / max(x[-1], 1)
+    points_per_unit = ax.figure.get_size_inches()[0] * ax.get_position().width * 72 / max(x[-1], 1)
     bounds = starts + [len(columns)]
     level = 0
     for a, b in zip(bounds[:-1], bounds[1:]):
@@ -148,29 +162,33 @@ def _segment_names(ax: "Axes", x: np.ndarray, columns: Sequence["trace_data.Colu
 
 def attention_mass(trace: "Trace", query: int | None = None, *, heads: str | int | Sequence[int] = "mean",
                    layers: Sequence[int] | None = None, path: str | Path | None = None) -> "Figure":
-    """Attention mass of one query token by segment (system / image / instruction / response) per layer, as a
-    stacked area that sums to 1 at every layer.
+    """Attention mass of one query token by segment (system / image / instruction / description / answer) per
+    layer, as a stacked area that sums to 1 at every layer; default query: the decision position.
 
     Returns:
-        The Figure; its Axes is labelled ``"attention_mass"``, with one legend entry per segment.
+        The Figure; its Axes is labelled ``"attention_mass"``, with one legend entry per segment (outside the
+        data, on the right).
 
     Example:
         >>> fig = attention_mass(t, query=-1)                                    # doctest: +SKIP
     """
     matrix, numbers, position = trace_data.attention_matrix(trace, query, heads, layers)
-    table = trace_data.segment_mass(matrix, trace.tokens["segment"].tolist(), numbers)
+    read = trace_data.reading(trace)
+    table = trace_data.segment_mass(matrix, read.labels, numbers)
     with style():
-        fig = new_figure(5.2, 3.2)
+        fig = new_figure(5.6, 3.3)
         ax = fig.add_subplot()
         draw_attention_mass(ax, table)
-        ax.set_title(f"attention of position {position} by segment")
+        ax.set_title(f"attention of the {read.describe(trace, position)}\nby segment, "
+                     + ("mean over heads" if heads == "mean" else f"heads {heads}"))
     if path is not None:
         save(fig, path)
     return fig
 
 
 def draw_attention_mass(ax: "Axes", table: pd.DataFrame) -> None:
-    """Draw a ``layer, segment, mass`` table as a stacked area (segments in their sequence order)."""
+    """Draw a ``layer, segment, mass`` table as a stacked area (segments in their sequence order), whole layers as
+    ticks, the legend outside the data."""
     wide = table.pivot(index="layer", columns="segment", values="mass").fillna(0.0)
     order = [s for s in SEGMENT_COLORS if s in wide.columns] + [s for s in wide.columns if s not in SEGMENT_COLORS]
     wide = wide[order]
@@ -179,6 +197,8 @@ def draw_attention_mass(ax: "Axes", table: pd.DataFrame) -> None:
     if len(x) > 1:
         ax.stackplot(x, wide.to_numpy().T, labels=order, colors=colors, alpha=0.9)
         ax.set_xlim(x.min(), x.max())
+        keep = thin_ticks(len(x), 20)
+        ax.set_xticks([x[i] for i in keep], [str(int(x[i])) for i in keep])
     else:  # one layer: a stacked bar (an area over one point has no width)
         bottom = 0.0
         for segment, color in zip(order, colors):
@@ -188,7 +208,7 @@ def draw_attention_mass(ax: "Axes", table: pd.DataFrame) -> None:
         ax.set_xticks(x)
         ax.set_xlim(x[0] - 0.5, x[0] + 0.5)
     ax.set_ylim(0, max(1.0, float(wide.sum(axis=1).max())))
-    ax.set_xlabel("layer")
+    ax.set_xlabel("layer (decoder block)")
     ax.set_ylabel("attention mass")
     ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_label("attention_mass")
@@ -196,13 +216,15 @@ def draw_attention_mass(ax: "Axes", table: pd.DataFrame) -> None:
 
 def patch_overlay(trace: "Trace", query: int | None = None, *, value: str = "attention", layer: int = -1,
                   heads: str | int | Sequence[int] = "mean", target: str | int | None = None, image: Any = None,
-                  image_index: int = 0, crop: str = "auto", alpha: float = 0.6, cmap: str = "inferno",
-                  lens: "Lens | None" = None, path: str | Path | None = None) -> "Figure":
+                  image_index: int = 0, crop: str = "auto", alpha: float = 0.75, cmap: str = ATTENTION_CMAP,
+                  scale: str | None = None, lens: "Lens | None" = None,
+                  path: str | Path | None = None) -> "Figure":
     """One value per image token laid over the image's patch grid: a query's attention, or the lens probability.
 
     Args:
         trace: A Trace whose image span has a patch grid (LLaVA-1.5, LLaVA-NeXT, ...).
-        query: The attending position for ``value="attention"`` (default as in :func:`attention`).
+        query: The attending position for ``value="attention"`` (default as in :func:`attention`: the decision
+            position).
         value: ``"attention"`` (the query's attention to each patch) or ``"lens"`` (each patch position's lens
             probability of ``target``, or of its own top-1 token when ``target`` is None).
         layer: The layer, numbered like hidden states (attention: 1 = first block; lens: 0 = decoder input);
@@ -214,7 +236,10 @@ def patch_overlay(trace: "Trace", query: int | None = None, *, value: str = "att
         image_index: Which image of the prompt.
         crop: How the base grid covers the picture: ``"center"`` (a centre square: LLaVA-1.5's CLIP processor),
             ``"none"`` (the whole picture, squeezed: LLaVA-NeXT's base view) or ``"auto"`` (by family).
-        alpha: Opacity of the overlay.
+        alpha: Opacity of the overlay where the value is highest; it falls to transparent at the bottom of the
+            scale, so the picture stays visible where little attention goes.
+        cmap: Colormap (default: the attention convention of every figure, light = little, dark = much).
+        scale: Colour scale; default ``"sqrt"`` for attention (as :func:`attention`), ``"linear"`` for the lens.
         lens: For ``value="lens"``: None for the logit lens, or a lens of the trace's model (e.g. a tuned lens).
         path: Also save the figure there.
 
@@ -229,14 +254,19 @@ def patch_overlay(trace: "Trace", query: int | None = None, *, value: str = "att
                               image_index=image_index, lens=lens)
     picture = _picture(trace, image, image_index)
     crop = ("center" if trace.meta.get("family") == "llava" else "none") if crop == "auto" else crop
+    scale = scale or ("sqrt" if value == "attention" else "linear")
     with style():
-        fig = new_figure(0.6 + 3.2 * len(grids), 3.4)
+        fig = new_figure(1.0 + 3.2 * len(grids), 3.6)
         axes = fig.subplots(1, len(grids), squeeze=False)[0]
         top = max(float(np.nanmax(g)) for _, g in grids)
-        mappable = draw_patch_grids(list(axes), grids, picture, norm=norm_for("linear", top), cmap=cmap,
+        mappable = draw_patch_grids(list(axes), grids, picture, norm=norm_for(scale, top), cmap=cmap,
                                     alpha=alpha, crop=crop)
         fig.suptitle(title)
-        fig.colorbar(mappable, ax=list(axes), shrink=0.85)
+        what = "attention" if value == "attention" else "lens probability"
+        fig.colorbar(mappable, ax=list(axes), shrink=0.85, label=attention_label(scale, what))
+        if picture is None:
+            fig.text(0.01, 0.01, f"no picture under the grid: {picture_note(trace, image_index)}", fontsize=6.5,
+                     color="#555555", gid="note:no-picture")
     if path is not None:
         save(fig, path)
     return fig
@@ -250,12 +280,12 @@ def patch_data(trace: "Trace", query: int | None = None, *, value: str = "attent
 
     n = len(trace.tokens)
     if value == "attention":
-        numbers = [l + 1 for l in trace.attention_layers] if trace.attention is not None else []
+        numbers = trace.attention_blocks if trace.attention is not None else []
         chosen = numbers[layer] if numbers and -len(numbers) <= layer < 0 else layer
         matrix, _, position = trace_data.attention_matrix(trace, query, heads, [chosen])
         row = np.zeros(n)
         row[: matrix.shape[1]] = matrix[0]
-        title = f"attention of position {position}, layer {chosen}"
+        title = f"attention of the {trace_data.reading(trace).describe(trace, position)}\nlayer {chosen}"
     elif value == "lens":
         kept = list(trace.layers)
         chosen = kept[layer] if -len(kept) <= layer < 0 else layer
@@ -271,16 +301,17 @@ def patch_data(trace: "Trace", query: int | None = None, *, value: str = "attent
             what = f"p({target!r})"
         row = np.zeros(n)
         row[table["pos"].to_numpy()] = table["prob"].to_numpy()
-        title = f"{trace_data.lens_name(lens)} {what} of each image token, layer {chosen}"
+        title = f"{trace_data.lens_name(lens)} {what} of each image token\nlayer {chosen}"
     else:
         raise VlmLensError(f"value={value!r}: expected 'attention' or 'lens'.")
     return trace_data.patch_grids(trace, row, image_index), title
 
 
 def draw_patch_grids(axes: Sequence["Axes"], grids: Sequence[tuple[str, np.ndarray]], picture: Any, *,
-                     norm: "Normalize", cmap: str = "inferno", alpha: float = 0.6, crop: str = "none"):
-    """Draw each ``(name, [rows, cols])`` grid on its Axes, over ``picture`` when given; the first block's view
-    is the centre square of the picture when ``crop="center"``. Returns the last image artist (for a colour bar)."""
+                     norm: "Normalize", cmap: str = ATTENTION_CMAP, alpha: float = 0.75, crop: str = "none"):
+    """Draw each ``(name, [rows, cols])`` grid on its Axes, over ``picture`` when given (the colours fading to
+    transparent at the bottom of the scale, up to opacity ``alpha`` at the top); the first block's view is the centre
+    square of the picture when ``crop="center"``. Returns the last image artist (for a colour bar)."""
     mappable = None
     for ax, (name, grid) in zip(axes, grids):
         rows, cols = grid.shape
@@ -288,13 +319,27 @@ def draw_patch_grids(axes: Sequence["Axes"], grids: Sequence[tuple[str, np.ndarr
         if picture is not None:
             view = _center_square(picture) if crop == "center" and name == grids[0][0] else picture
             ax.imshow(np.asarray(view), extent=extent, interpolation="bilinear")
-        mappable = ax.imshow(grid, extent=extent, cmap=cmap, norm=norm, interpolation="nearest",
-                             alpha=alpha if picture is not None else 1.0)
+        mappable = ax.imshow(grid, extent=extent, cmap=overlay_cmap(cmap, alpha) if picture is not None else cmap,
+                             norm=norm, interpolation="nearest")
         ax.set_xticks(range(0, cols + 1, max(1, cols // 6)))
         ax.set_yticks(range(0, rows + 1, max(1, rows // 6)))
         ax.set_title(f"{name}: {rows} x {cols} patches")
         ax.set_label(f"patch:{name}")
     return mappable
+
+
+def picture_note(trace: "Trace", index: int = 0) -> str:
+    """Why the picture of image ``index`` cannot be shown from the trace alone, and what to do."""
+    recorded = trace.meta.get("images") or []
+    if index >= len(recorded):
+        return "the trace records no image; pass image= (a path or a PIL image)"
+    entry = str(recorded[index])
+    if Path(entry).is_file():
+        return ""
+    if entry.isidentifier():  # a type name: the image was given as an object, not a file
+        return (f"the image was given in memory ({entry}), so the trace records no file to read it from; pass "
+                "image= (the same picture) to show it")
+    return f"the traced file {entry!r} no longer exists; pass image= to show the picture"
 
 
 def _picture(trace: "Trace", image: Any, index: int):

@@ -28,7 +28,7 @@ import pandas as pd
 from ..core.errors import VlmLensError
 from .attention import draw_attention_mass, draw_patch_grids, norm_for
 from .panels import DIVERGING, side_by_side, symmetric_norm, want_difference
-from .style import SEGMENT_COLORS, new_figure, save, style, thin_ticks
+from .style import ATTENTION_CMAP, ATTENTION_SCALE, SEGMENT_COLORS, attention_label, new_figure, save, style, thin_ticks
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -41,7 +41,7 @@ __all__ = ["RUN_FIGURES", "compare_runs", "run_attention_mass", "run_image_profi
 COLUMNS = {"segments": ("layer", "head", "segment", "mass"), "image_profile": ("layer", "head", "token", "mass"),
            "grid": ("grid", "layer", "head", "row", "col", "mass")}
 
-_QUERIES = {"predict": "the level-predicting position", "level": "the level word", "last": "the last position"}
+_QUERIES = {"decision": "the decision position", "level": "the level word", "last": "the last position"}
 
 
 @dataclass
@@ -50,7 +50,7 @@ class RunTable:
 
     Attributes:
         table: The table's rows without ``head``: ``mass`` is the mean over the chosen heads.
-        query: What the attending position was (``"predict"``, ``"level"``, ``"last"``, a position), if known.
+        query: What the attending position was (``"decision"``, ``"level"``, ``"last"``, a position), if known.
         n: Samples averaged (the most of any row: image-profile tails and grid shapes may have fewer); 0: unknown.
         heads: How heads were reduced, in words.
         model: The run's model class, if known.
@@ -63,7 +63,7 @@ class RunTable:
     model: str | None = None
 
     def what(self) -> str:
-        """Whose attention: ``"attention of the level-predicting position"``."""
+        """Whose attention: ``"attention of the decision position"``."""
         q = self.query
         return "attention of " + (_QUERIES.get(q, f"position {q}") if q is not None else "the query token")
 
@@ -72,21 +72,23 @@ class RunTable:
         return f"mean over {self.n} samples, {self.heads}" if self.n else f"mean over samples, {self.heads}"
 
 
-def read_table(run: Any, name: str, heads: str | int | Sequence[int] = "mean") -> RunTable:
-    """The ``attention.<name>`` table of ``run`` (a RunResult, a run folder, or the table itself), heads reduced."""
+def read_table(run: Any, name: str, heads: str | int | Sequence[int] | None = "mean",
+               analysis: str = "attention") -> RunTable:
+    """The ``<analysis>.<name>`` table of ``run`` (a RunResult, a run folder, or the table itself), heads reduced
+    (``heads=None``: every head kept, one row each)."""
     from ..runs.engine import RunResult
 
     query = model = None
     if isinstance(run, (str, Path)):
         run = RunResult.load(run)
     if isinstance(run, RunResult):
-        key = f"attention.{name}"
+        key = f"{analysis}.{name}"
         if key not in run.tables:
             raise VlmLensError(f"this run has no {key!r} table (it has {sorted(run.tables) or 'none'}); add the "
                                "attention analysis: vl.run(model, dataset, analyses=[..., vl.analyses.Attention()], "
                                "out=...).")
         model = (run.meta.get("model") or {}).get("class")
-        summary = run.tables.get("attention.summary")
+        summary = run.tables.get(f"{analysis}.summary")
         if summary is not None and len(summary):
             query = str(summary["query"].iloc[0])
             if not int(summary["n_used"].iloc[0]):
@@ -109,6 +111,9 @@ def read_table(run: Any, name: str, heads: str | int | Sequence[int] = "mean") -
         raise VlmLensError(f"the {name} table has no rows; run the attention analysis on samples with a query "
                            "position.")
     table = table if "head" in table.columns else table.assign(head=0)
+    if heads is None:
+        n = int(table["n"].max()) if "n" in table.columns and len(table) else 0
+        return RunTable(table.drop(columns=[c for c in ("n",) if c in table.columns]), query, n, "every head", model)
     chosen, words = _heads(table, heads)
     keys = [c for c in COLUMNS[name] if c not in ("head", "mass")]
     reduced = table[table["head"].isin(chosen)].groupby(keys, sort=True, as_index=False)["mass"].mean()
@@ -145,26 +150,28 @@ def _layers(table: pd.DataFrame, layers: Sequence[int] | None) -> pd.DataFrame:
 
 
 # --------------------------------------------------------------------------------------------------- data
-def mass_data(run: Any, heads="mean", layers: Sequence[int] | None = None) -> RunTable:
+def mass_data(run: Any, heads="mean", layers: Sequence[int] | None = None, analysis: str = "attention") -> RunTable:
     """``layer, segment, mass``: segment mass per layer (segments no sample had, all zero, left out)."""
-    data = read_table(run, "segments", heads)
+    data = read_table(run, "segments", heads, analysis)
     table = _layers(data.table, layers)
     seen = table.groupby("segment")["mass"].transform(lambda m: (m != 0).any())
     data.table = table[seen.astype(bool)][["layer", "segment", "mass"]].reset_index(drop=True)
     return data
 
 
-def profile_data(run: Any, heads="mean", layers: Sequence[int] | None = None) -> tuple[np.ndarray, list[int], RunTable]:
+def profile_data(run: Any, heads="mean", layers: Sequence[int] | None = None,
+                 analysis: str = "attention") -> tuple[np.ndarray, list[int], RunTable]:
     """``([layer, token] mean attention, layer numbers, table)`` of the image profile."""
-    data = read_table(run, "image_profile", heads)
+    data = read_table(run, "image_profile", heads, analysis)
     table = _layers(data.table, layers)
     wide = table.pivot(index="layer", columns="token", values="mass").sort_index()
     return wide.to_numpy(dtype=float), [int(l) for l in wide.index], data
 
 
-def grid_data(run: Any, layer: int = -1, heads="mean") -> tuple[list[tuple[str, np.ndarray]], int, RunTable]:
+def grid_data(run: Any, layer: int = -1, heads="mean",
+              analysis: str = "attention") -> tuple[list[tuple[str, np.ndarray]], int, RunTable]:
     """``([(shape "RxC", [rows, cols])], layer number, table)`` of the patch-grid map at ``layer``."""
-    data = read_table(run, "grid", heads)
+    data = read_table(run, "grid", heads, analysis)
     table = data.table
     if not len(table):
         model = f" ({data.model})" if data.model else ""
@@ -185,7 +192,7 @@ def grid_data(run: Any, layer: int = -1, heads="mean") -> tuple[list[tuple[str, 
 
 # ------------------------------------------------------------------------------------------------ figures
 def run_attention_mass(run: Any, *, heads: str | int | Sequence[int] = "mean", layers: Sequence[int] | None = None,
-                       path: str | Path | None = None) -> "Figure":
+                       analysis: str = "attention", path: str | Path | None = None) -> "Figure":
     """Mean attention mass of the run's query token by segment per layer, as a stacked area summing to 1.
 
     Args:
@@ -193,6 +200,8 @@ def run_attention_mass(run: Any, *, heads: str | int | Sequence[int] = "mean", l
             table (``layer, head, segment, mass[, n]``).
         heads: ``"mean"`` over heads, one head index, or a list of heads to average.
         layers: Layers to show (decoder blocks, 1 = the first); default all.
+        analysis: The attention analysis' table prefix: ``"attention"``, or the name a second reading got with
+            ``Attention(query=...).named(...)``.
         path: Also save the figure there.
 
     Returns:
@@ -201,9 +210,9 @@ def run_attention_mass(run: Any, *, heads: str | int | Sequence[int] = "mean", l
     Example:
         >>> fig = run_attention_mass("runs/one-stage", heads=[0, 3])                  # doctest: +SKIP
     """
-    data = mass_data(run, heads, layers)
+    data = mass_data(run, heads, layers, analysis)
     with style():
-        fig = new_figure(5.2, 3.2)
+        fig = new_figure(5.6, 3.3)
         ax = fig.add_subplot()
         _draw_mass(ax, data.table)
         ax.set_title(f"{data.what()} by segment\n{data.over()}")
@@ -211,13 +220,13 @@ def run_attention_mass(run: Any, *, heads: str | int | Sequence[int] = "mean", l
 
 
 def run_image_profile(run: Any, *, heads: str | int | Sequence[int] = "mean", layers: Sequence[int] | None = None,
-                      scale: str = "sqrt", cmap: str = "magma_r", vmax: float | None = None,
-                      path: str | Path | None = None) -> "Figure":
+                      scale: str = ATTENTION_SCALE, cmap: str = ATTENTION_CMAP, vmax: float | None = None,
+                      analysis: str = "attention", path: str | Path | None = None) -> "Figure":
     """Layer x image-token-index heatmap of the run's mean attention on the image (the paper's Figure 5, averaged).
 
     Args:
         run: A RunResult with the attention analysis, its folder, or its ``attention.image_profile`` table.
-        heads, layers: As in :func:`run_attention_mass`.
+        heads, layers, analysis: As in :func:`run_attention_mass`.
         scale: Colour scale ``"linear"``, ``"sqrt"`` (default, as :func:`vlm_lens.plot.attention`) or ``"log"``.
         cmap: Colormap.
         vmax: Top of the colour scale (default: the largest value shown).
@@ -229,7 +238,7 @@ def run_image_profile(run: Any, *, heads: str | int | Sequence[int] = "mean", la
     Example:
         >>> fig = run_image_profile(r, scale="linear")                                # doctest: +SKIP
     """
-    values, numbers, data = profile_data(run, heads, layers)
+    values, numbers, data = profile_data(run, heads, layers, analysis)
     with style():
         fig = new_figure(3.0 + 0.05 * min(values.shape[1], 120), 1.9 + 0.24 * len(numbers))
         ax = fig.add_subplot()
@@ -239,16 +248,17 @@ def run_image_profile(run: Any, *, heads: str | int | Sequence[int] = "mean", la
     return _saved(fig, path)
 
 
-def run_patch_grid(run: Any, layer: int = -1, *, heads: str | int | Sequence[int] = "mean", scale: str = "linear",
-                   cmap: str = "inferno", vmax: float | None = None, path: str | Path | None = None) -> "Figure":
+def run_patch_grid(run: Any, layer: int = -1, *, heads: str | int | Sequence[int] = "mean",
+                   scale: str = ATTENTION_SCALE, cmap: str = ATTENTION_CMAP, vmax: float | None = None,
+                   analysis: str = "attention", path: str | Path | None = None) -> "Figure":
     """The run's mean attention on the base patch grid at one layer: one panel per grid shape, one colour scale.
 
     Args:
         run: A RunResult of a spatial family (LLaVA-1.5, LLaVA-NeXT, ...) with the attention analysis, its folder,
             or its ``attention.grid`` table.
         layer: Decoder block (1 = the first); negative counts from the last.
-        heads: As in :func:`run_attention_mass`.
-        scale, cmap, vmax: Colour scale (default linear, as :func:`vlm_lens.plot.patch_overlay`), map and top.
+        heads, analysis: As in :func:`run_attention_mass`.
+        scale, cmap, vmax: Colour scale (default square root, as every attention figure), map and top.
         path: Also save the figure there.
 
     Returns:
@@ -260,7 +270,7 @@ def run_patch_grid(run: Any, layer: int = -1, *, heads: str | int | Sequence[int
     Example:
         >>> fig = run_patch_grid(r, layer=16)                                         # doctest: +SKIP
     """
-    grids, chosen, data = grid_data(run, layer, heads)
+    grids, chosen, data = grid_data(run, layer, heads, analysis)
     with style():
         fig = new_figure(0.6 + 3.2 * len(grids), 3.4)
         axes = list(fig.subplots(1, len(grids), squeeze=False)[0])
@@ -277,8 +287,13 @@ def compare_runs(runs: Mapping[str, Any], figure: str = "attention_mass", *, dif
 
     Args:
         runs: ``{name: run}`` for exactly two runs (RunResults, run folders or tables), e.g. one checkpoint
-            fine-tuned one-stage and one two-stage, run on the same images.
-        figure: One of :data:`RUN_FIGURES`: ``"attention_mass"``, ``"image_profile"``, ``"patch_grid"``.
+            fine-tuned one-stage and one two-stage, run on the same images; two or more for the figures of
+            :data:`~vlm_lens.plot.analyses_compared.ANALYSIS_FIGURES`.
+        figure: One of :data:`RUN_FIGURES`: ``"attention_mass"``, ``"image_profile"``, ``"patch_grid"`` (side by
+            side, with the difference), or of :data:`~vlm_lens.plot.analyses_compared.ANALYSIS_FIGURES`:
+            ``"first_top1"``, ``"lens_agreement"``, ``"segment_lines"``, ``"instability"``, ``"score_scatter"``
+            (one panel per quantity, one colour per run; ``comparison=`` marks significant differences, see
+            :func:`~vlm_lens.plot.analyses_compared.compare_analyses`).
         difference: ``"auto"`` adds the difference panel when the panels line up (same layers, segments, token
             count or grid shapes), True requires it (an error says why it cannot be drawn), False leaves it out.
         path: Also save the figure there.
@@ -291,8 +306,12 @@ def compare_runs(runs: Mapping[str, Any], figure: str = "attention_mass", *, dif
     Example:
         >>> fig = compare_runs({"one-stage": "runs/a", "two-stage": "runs/b"}, "patch_grid", layer=8)  # doctest: +SKIP
     """
+    from .analyses_compared import ANALYSIS_FIGURES, compare_analyses
+
+    if figure in ANALYSIS_FIGURES:
+        return compare_analyses(runs, figure, path=path, **kwargs)
     if figure not in RUN_FIGURES:
-        raise VlmLensError(f"figure={figure!r}: expected one of {', '.join(RUN_FIGURES)}.")
+        raise VlmLensError(f"figure={figure!r}: expected one of {', '.join([*RUN_FIGURES, *ANALYSIS_FIGURES])}.")
     if difference not in (True, False, "auto"):
         raise VlmLensError(f"difference={difference!r}: expected True, False or 'auto'.")
     if not isinstance(runs, Mapping) or len(runs) != 2:
@@ -322,7 +341,7 @@ def _draw_profile(ax: "Axes", values: np.ndarray, layers: Sequence[int], *, norm
     rows = thin_ticks(n_layer, 40)
     ax.set_yticks(rows, [str(layers[i]) for i in rows])
     ax.set_xlabel("image token index")
-    ax.set_ylabel("layer")
+    ax.set_ylabel("layer (decoder block)")
     ax.set_label("image_profile")
     return mesh
 
@@ -352,7 +371,7 @@ def _mark_tail(ax: "Axes", data: RunTable) -> str:
 
 
 def _colour_label(scale: str) -> str:
-    return "mean attention" + (f" ({scale} scale)" if scale != "linear" else "")
+    return attention_label(scale, "mean attention")
 
 
 def _saved(fig: "Figure", path: str | Path | None) -> "Figure":
@@ -366,8 +385,8 @@ def _saved(fig: "Figure", path: str | Path | None) -> "Figure":
 _RUNS_LINE_UP = {"subject": "the two runs' panels", "fix": "compare runs of models of the same shape"}
 
 
-def _compare_mass(runs, names, difference, *, heads="mean", layers=None) -> "Figure":
-    data = [mass_data(r, heads, layers) for r in runs]
+def _compare_mass(runs, names, difference, *, heads="mean", layers=None, analysis: str = "attention") -> "Figure":
+    data = [mass_data(r, heads, layers, analysis) for r in runs]
     segments = [s for s in SEGMENT_COLORS if any(s in set(d.table["segment"]) for d in data)]
     # a segment one run never attended (no description generated, say) had mass 0 there: the difference is defined
     wide = [d.table.pivot(index="layer", columns="segment", values="mass").reindex(columns=segments).fillna(0.0)
@@ -396,9 +415,9 @@ def _compare_mass(runs, names, difference, *, heads="mean", layers=None) -> "Fig
     return fig
 
 
-def _compare_profile(runs, names, difference, *, heads="mean", layers=None, scale: str = "sqrt",
-                     cmap: str = "magma_r", vmax: float | None = None) -> "Figure":
-    data = [profile_data(r, heads, layers) for r in runs]
+def _compare_profile(runs, names, difference, *, heads="mean", layers=None, scale: str = ATTENTION_SCALE,
+                     cmap: str = ATTENTION_CMAP, vmax: float | None = None, analysis: str = "attention") -> "Figure":
+    data = [profile_data(r, heads, layers, analysis) for r in runs]
     (va, la, da), (vb, lb, _) = data
     aligned = la == lb and va.shape == vb.shape
     diff = want_difference(difference, aligned, "different layers or numbers of image tokens", **_RUNS_LINE_UP)
@@ -420,9 +439,9 @@ def _compare_profile(runs, names, difference, *, heads="mean", layers=None, scal
     return fig
 
 
-def _compare_grid(runs, names, difference, *, layer: int = -1, heads="mean", scale: str = "linear",
-                  cmap: str = "inferno", vmax: float | None = None) -> "Figure":
-    data = [grid_data(r, layer, heads) for r in runs]
+def _compare_grid(runs, names, difference, *, layer: int = -1, heads="mean", scale: str = ATTENTION_SCALE,
+                  cmap: str = ATTENTION_CMAP, vmax: float | None = None, analysis: str = "attention") -> "Figure":
+    data = [grid_data(r, layer, heads, analysis) for r in runs]
     (ga, la, da), (gb, lb, _) = data
     aligned = la == lb and [(s, g.shape) for s, g in ga] == [(s, g.shape) for s, g in gb]
     diff = want_difference(difference, aligned, "different layers or patch grids", **_RUNS_LINE_UP)

@@ -17,9 +17,12 @@ import functools
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from ..core.errors import VlmLensError
 
-__all__ = ["SEGMENT_COLORS", "new_figure", "save", "style", "token_label"]
+__all__ = ["ATTENTION_CMAP", "ATTENTION_SCALE", "SEGMENT_COLORS", "attention_label", "integer_ticks", "new_figure",
+           "overlay_cmap", "save", "style", "token_label"]
 
 #: One colour per segment (Okabe-Ito, readable by colour-blind readers and in greyscale print); ``description`` and
 #: ``answer`` are the two parts of a response that :mod:`vlm_lens.biqa.answer` tells apart in IQA runs.
@@ -28,6 +31,13 @@ SEGMENT_COLORS = {"system": "#999999", "image": "#E69F00", "instruction": "#0072
 
 #: Colour of the model's final output token wherever it is highlighted.
 HIGHLIGHT = "#D55E00"
+
+#: One colour convention for attention in every figure, heatmap or overlay: light = little attention, dark = much
+#: (magma reversed, readable in greyscale), on a square-root scale by default, so that an attention sink does not
+#: flatten everything else. Overlays on a picture use the same map with low values transparent (:func:`overlay_cmap`).
+ATTENTION_CMAP = "magma_r"
+ATTENTION_SCALE = "sqrt"
+_SCALE_WORDS = {"linear": "linear scale", "sqrt": "sqrt scale", "log": "log scale"}
 
 #: Formats :func:`save` writes, by file suffix.
 FORMATS = (".png", ".svg", ".pdf")
@@ -97,6 +107,29 @@ def _metadata(suffix: str) -> dict:
     # No creation date: the same figure saved twice gives the same bytes (reviewable diffs, cacheable builds).
     return {".png": {"Software": "vlm_lens"}, ".svg": {"Date": None, "Creator": "vlm_lens"},
             ".pdf": {"CreationDate": None, "Creator": "vlm_lens"}}[suffix]
+
+
+def attention_label(scale: str, what: str = "attention") -> str:
+    """The colour-bar label of an attention scale: ``"attention (sqrt scale)"``."""
+    return f"{what} ({_SCALE_WORDS.get(scale, scale + ' scale')})"
+
+
+def overlay_cmap(cmap: str = ATTENTION_CMAP, opacity: float = 0.75):
+    """``cmap`` with an opacity ramp: transparent at the bottom of the scale, ``opacity`` at the top, so the picture
+    under an overlay stays visible where attention is low and is marked where it is high."""
+    import matplotlib
+    from matplotlib.colors import ListedColormap
+
+    colours = matplotlib.colormaps[cmap](np.linspace(0.0, 1.0, 256))
+    colours[:, 3] = opacity * np.linspace(0.0, 1.0, 256) ** 1.5
+    return ListedColormap(colours, name=f"{cmap}_overlay")
+
+
+def integer_ticks(ax, axis: str = "x") -> None:
+    """Only whole numbers as ticks on ``axis`` (layers are never 1.5)."""
+    from matplotlib.ticker import MaxNLocator
+
+    (ax.xaxis if axis == "x" else ax.yaxis).set_major_locator(MaxNLocator(integer=True))
 
 
 def token_label(text: str, limit: int = 12) -> str:

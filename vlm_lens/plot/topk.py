@@ -41,7 +41,8 @@ def topk(trace: "Trace", position: int | None = None, *, k: int = 5, layers: Seq
 
     Args:
         trace: A Trace with its model attached.
-        position: The position (default: the last prompt position, which predicts the first answer token).
+        position: The position (default: the decision position, where the level word is chosen; without one,
+            the last prompt position, which predicts the first answer token).
         k: Candidates per layer.
         layers: Hidden-state indices to show; or ``layer_range=(first, last)``, inclusive.
         max_layers: Without ``layers``/``layer_range``, deeper models show every n-th layer (and the last).
@@ -58,13 +59,12 @@ def topk(trace: "Trace", position: int | None = None, *, k: int = 5, layers: Seq
     position = trace_data.default_position(trace) if position is None else trace_data.resolve(trace, position)
     chosen = trace_data.lens_layers(trace, layers, layer_range, most=max_layers)
     table, final_id, final = trace_data.topk_table(trace, position, k, chosen, lens)
-    given = trace.tokens["text"].iloc[position]
+    where = trace_data.reading(trace).describe(trace, position)
     with style():
-        fig = new_figure(1.2 + 1.45 * k, 1.3 + 0.27 * len(chosen))
+        fig = new_figure(1.2 + 1.45 * k, 1.5 + 0.27 * len(chosen))
         ax = fig.add_subplot()
         draw_topk(ax, table, final_id, max_label=max_label)
-        ax.set_title(f"{trace_data.lens_name(lens)} top-{k} at position {position} (input {token_label(given, 16)!r}); "
-                     f"final output {token_label(final, 16)!r} highlighted")
+        ax.set_title(f"{trace_data.lens_name(lens)} top-{k} at the {where}\nfinal output {token_label(final, 16)!r} highlighted")
     if path is not None:
         save(fig, path)
     return fig
@@ -108,7 +108,7 @@ def target_words(trace: "Trace", words: Sequence[str | int] = tuple(LEVELS), pos
     Args:
         trace: A Trace with its model attached.
         words: Words (each one token) or token ids; default the five IQA levels.
-        position: The position (default: the last prompt position).
+        position: The position (default: the decision position, else the last prompt position).
         layers: Hidden-state indices (default: every kept layer).
         value: ``"prob"`` or ``"rank"`` (1 = most probable; drawn on a log axis, best at the top).
         log: Log-scale the probability axis.
@@ -124,11 +124,12 @@ def target_words(trace: "Trace", words: Sequence[str | int] = tuple(LEVELS), pos
     position = trace_data.default_position(trace) if position is None else trace_data.resolve(trace, position)
     table = trace_data.targets_table(trace, words, position, trace_data.lens_layers(trace, layers), lens)
     with style():
-        fig = new_figure(5.2, 3.2)
+        fig = new_figure(5.8, 3.3)
         ax = fig.add_subplot()
         draw_target_words(ax, table, value=value, log=log)
-        ax.set_title(f"target words across layers at position {position}"
-                     + (f" ({trace_data.lens_name(lens)})" if lens is not None else ""))
+        ax.set_title("target words across layers"
+                     + (f" ({trace_data.lens_name(lens)})" if lens is not None else "")
+                     + f"\nat the {trace_data.reading(trace).describe(trace, position)}")
     if path is not None:
         save(fig, path)
     return fig
@@ -152,6 +153,11 @@ def draw_target_words(ax: "Axes", table: pd.DataFrame, *, value: str = "prob", l
         ax.set_yscale("log")
         ax.invert_yaxis()
         ax.set_ylabel("rank (1 = top)")
+        worst = max(float(table["rank"].max()), 2.0)
+        ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000, 20000, 50000, 100000)
+                 if t <= worst * 1.5]
+        ax.set_yticks(ticks, [str(t) for t in ticks])  # whole ranks, not powers of ten
+        ax.minorticks_off()
     else:
         if log:
             ax.set_yscale("log")
@@ -162,6 +168,6 @@ def draw_target_words(ax: "Axes", table: pd.DataFrame, *, value: str = "prob", l
     ticks = thin_ticks(len(layers), 17)
     ax.set_xticks([layers[i] for i in ticks], [str(layers[i]) for i in ticks])
     ax.set_xlabel("layer (0 = decoder input)")
-    ax.legend(frameon=False, ncols=min(len(targets), 5), loc="upper left")
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside the data
     ax.grid(axis="y", color="#eeeeee", linewidth=0.6)
     ax.set_label("target_words")

@@ -6,9 +6,12 @@ numbers a user gets from the Trace. The drawing modules take what is returned he
 from a dataset run) and never see a model.
 
 Layer numbering is the one of ``Trace.layers`` everywhere: hidden index ``l`` is the output of decoder block ``l``
-(0 = the decoder input). Attention rows of decoder block ``l`` (0-based in ``Trace.attention_layers``) are shown as
-layer ``l + 1``, the block whose output is hidden index ``l + 1``, so that one layer number means one block in
-every figure.
+(0 = the decoder input). Attention rows are numbered by ``Trace.attention_blocks`` (decoder block ``l + 1`` for
+the 0-based ``Trace.attention_layers[i] = l``), the block whose output is hidden index ``l + 1``, so that one layer
+number means one block in every figure.
+
+Positions and segments are read the BIQA way (:mod:`vlm_lens.plot.reading`): by default the decision position,
+and tokens labelled system / image / instruction / description / answer.
 """
 
 from __future__ import annotations
@@ -22,8 +25,10 @@ import pandas as pd
 import torch
 
 from ..biqa.attention import mass_by_segment
+from ..biqa.vocabulary import BIQA_SEGMENTS
 from ..core.errors import VlmLensError
 from ..core.spans import SEGMENTS
+from .reading import reading
 from .style import token_label
 
 if TYPE_CHECKING:
@@ -31,6 +36,12 @@ if TYPE_CHECKING:
     from ..tracing.record import Trace
 
 IMAGE_MODES = ("collapse", "band", "full", "hide")
+#: Segments in display order: the BIQA scheme, then the trace's own ``response`` (tables built from
+#: ``Trace.tokens`` carry it).
+SEGMENT_ORDER = (*BIQA_SEGMENTS, *(s for s in SEGMENTS if s not in BIQA_SEGMENTS))
+#: Positions shown after the decision position by the default latent-output window (the level word, its full
+#: stop, the end of the answer).
+AFTER_DECISION = 3
 
 
 @dataclass(frozen=True)
@@ -75,21 +86,27 @@ def resolve(trace: "Trace", position: int, name: str = "position") -> int:
 
 
 def default_position(trace: "Trace") -> int:
-    """The last prompt position: the one whose prediction is the first answer token."""
-    return trace.prompt_length - 1
+    """The decision position (where the level is decided), or the last prompt position without one."""
+    return reading(trace).position
 
 
 def select_positions(trace: "Trace", positions: Sequence[int] | str | None, context: int) -> list[int]:
-    """Positions named by a list, a segment name (``"response"``, ``"instruction"``, ...; ``"all"``), or None
-    (every position whose hidden state was kept); ``context`` adds that many positions before a segment."""
+    """Positions named by a list, ``"decision"`` (the kept positions up to :data:`AFTER_DECISION` after the
+    decision position; a figure windows them), a segment name (``"response"``, ``"instruction"``,
+    ``"description"``, ``"answer"``, ...; ``"all"``), or None (every position whose hidden state was kept);
+    ``context`` adds that many positions before a segment."""
     kept = sorted(int(p) for p in trace.positions.tolist())
     if positions is None or (isinstance(positions, str) and positions == "all"):
         return kept
+    if isinstance(positions, str) and positions == "decision":
+        stop = reading(trace).position + AFTER_DECISION
+        return [p for p in kept if p <= stop]
     if isinstance(positions, str):
-        if positions not in SEGMENTS:
-            raise VlmLensError(f"positions={positions!r}: expected a list of positions, None, 'all', or a segment "
-                               f"({', '.join(SEGMENTS)}).")
-        segments = trace.tokens["segment"].tolist()
+        named = (*SEGMENTS, "description", "answer")
+        if positions not in named:
+            raise VlmLensError(f"positions={positions!r}: expected a list of positions, None, 'all', 'decision', or "
+                               f"a segment ({', '.join(named)}).")
+        segments = trace.tokens["segment"].tolist() if positions in SEGMENTS else reading(trace).labels
         where = [p for p in kept if segments[p] == positions]
         if not where:
             raise VlmLensError(f"positions={positions!r}: this trace has no {positions} positions (it has "
@@ -101,9 +118,10 @@ def select_positions(trace: "Trace", positions: Sequence[int] | str | None, cont
 
 def build_columns(trace: "Trace", positions: list[int], image: str, band_bins: int = 24,
                   band_width: float = 4.0) -> list[Column]:
-    """Group ``positions`` of a trace into drawn columns; image positions per ``image`` (see :data:`IMAGE_MODES`)."""
+    """Group ``positions`` of a trace into drawn columns, labelled with the BIQA segments; image positions per
+    ``image`` (see :data:`IMAGE_MODES`)."""
     span_of = {p: k for k, span in enumerate(trace.image_spans) for p in range(span.start, span.stop)}
-    return columns_from_labels(trace.tokens["text"].tolist(), trace.tokens["segment"].tolist(), positions, image,
+    return columns_from_labels(trace.tokens["text"].tolist(), reading(trace).labels, positions, image,
                                images=[span_of.get(p) for p in range(len(trace.tokens))], band_bins=band_bins,
                                band_width=band_width)
 
@@ -210,6 +228,13 @@ def window(columns: list[Column], max_columns: int) -> tuple[list[Column], str]:
     first = kept[0][0].positions[0]
     return [c for u in kept for c in u], (f"showing the last {max_columns} of {len(units)} columns (from position "
                                           f"{first}); pass positions= to choose others")
+
+
+def decision_window(columns: list[Column], max_columns: int, words: str) -> tuple[list[Column], str]:
+    """The ``max_columns`` columns ending just after the decision position, and a note naming them."""
+    kept, _ = window(columns, max_columns)
+    first, last = kept[0].positions[0], kept[-1].positions[-1]
+    return kept, f"positions {first}–{last}, around the {words}; positions=None shows all"
 
 
 # ------------------------------------------------------------------------------------------------------- lens
@@ -323,7 +348,7 @@ def attention_matrix(trace: "Trace", query: int | None, heads: str | int | Seque
         if bad or not chosen:
             raise VlmLensError(f"heads={heads!r}: expected head indices in 0..{n_heads - 1}.")
     matrix = attention[:, chosen].mean(1).numpy()
-    numbers = [l + 1 for l in trace.attention_layers]
+    numbers = trace.attention_blocks
     if layers is not None:
         missing = [l for l in layers if l not in numbers]
         if missing:
@@ -336,9 +361,9 @@ def attention_matrix(trace: "Trace", query: int | None, heads: str | int | Seque
 
 def segment_mass(matrix: np.ndarray, segments: Sequence[str], layers: Sequence[int]) -> pd.DataFrame:
     """Attention mass per segment: DataFrame ``layer, segment, mass`` from a ``[layer, key]`` matrix (the segments
-    present, in the order of :data:`~vlm_lens.core.spans.SEGMENTS`)."""
+    present, in the order of :data:`SEGMENT_ORDER`)."""
     labels = list(segments)[: matrix.shape[1]]
-    present = [s for s in SEGMENTS if s in set(labels)]
+    present = [s for s in SEGMENT_ORDER if s in set(labels)]
     mass = mass_by_segment(torch.from_numpy(np.asarray(matrix)), labels, present).numpy()
     rows = [{"layer": l, "segment": segment, "mass": float(mass[i, j])}
             for j, segment in enumerate(present) for i, l in enumerate(layers)]

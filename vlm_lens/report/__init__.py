@@ -1,4 +1,5 @@
-"""The report layer: one self-contained HTML page per trace (:func:`write_report`, also ``t.report(path)``).
+"""The report layer: one self-contained HTML page per trace (:func:`write_report`, also ``t.report(path)``), and one
+per set of dataset runs (:func:`write_run_report`).
 
 Example:
     >>> from vlm_lens.report import write_report
@@ -7,5 +8,6 @@ Example:
 """
 
 from .html import write_report
+from .runs import write_run_report
 
-__all__ = ["write_report"]
+__all__ = ["write_report", "write_run_report"]

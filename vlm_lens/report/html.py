@@ -1,9 +1,11 @@
 """``write_report``: one self-contained HTML page of a Trace, to look at and to send.
 
-The page shows the sequence with every token coloured by segment (system / image / instruction / response; each
-image folds into one chip that opens onto its patch tokens); hovering over a token shows its logit-lens top-k at
-every layer, clicking pins it, ← / → walk along the text. Below come the figures of :mod:`vlm_lens.plot` and the
-input images.
+The page shows the sequence with every token coloured by its BIQA segment (system / image / instruction /
+description / answer; each image folds into one chip that opens onto its patch tokens); hovering over a token shows
+its logit-lens top-k at every layer, clicking pins it, ← / → walk along the text. It opens on the decision position
+(the token whose logits choose the level, underlined; :mod:`vlm_lens.plot.reading`), which every figure reads too,
+and every caption names the position it shows. Below come the figures of :mod:`vlm_lens.plot` (click one to see it
+at full size) and the input images.
 
 Self-contained means: figures and images are embedded as base64 PNG, the data as JSON, the code is a few lines of
 vanilla JavaScript, and a Content-Security-Policy forbids the page to load anything (no CDN, no fonts, no network):
@@ -27,9 +29,12 @@ import html
 import io
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from ..biqa.vocabulary import BIQA_SEGMENTS
 from ..core.errors import VlmLensError
+from ..plot.attention import picture_note
+from ..plot.reading import reading
 
 if TYPE_CHECKING:
     from ..tracing.lens import Lens
@@ -37,26 +42,30 @@ if TYPE_CHECKING:
 
 __all__ = ["write_report"]
 
-TEMPLATE = Path(__file__).parent / "templates" / "report.html"
+TEMPLATES = Path(__file__).parent / "templates"
+TEMPLATE = TEMPLATES / "report.html"
 
-#: Captions of the figures the report draws, by name.
+#: Captions of the figures the report draws, by name; ``{where}`` is the position read, in words.
 CAPTIONS = {
-    "latent_output": "Logit lens: the top-1 token of every layer at every position (images collapsed), coloured by "
-                     "its probability.",
-    "topk": "Top-k candidates per layer at the last prompt position (which predicts the first answer token); the "
-            "final output is highlighted.",
-    "target_words": "Probability of the target words across layers at the last prompt position.",
-    "attention": "Attention of the last prompt position over the context, per layer (heads averaged; image tokens "
-                 "summed into one column).",
-    "attention_mass": "The same attention summed by segment.",
-    "patch_overlay": "The same attention at the last layer, on the image's patch grid.",
+    "latent_output": "Logit lens: the top-1 token of every layer at the positions up to the {where} (outlined), "
+                     "coloured by its probability.",
+    "topk": "Top-k candidates per layer at the {where}; the final output is highlighted.",
+    "target_words": "Probability of the target words across layers at the {where}.",
+    "attention": "Attention of the {where} over the context, per layer (heads averaged; image tokens summed into "
+                 "one column).",
+    "attention_mass": "The same attention summed by segment (the description and the answer apart).",
+    "patch_overlay": "The same attention at the last layer, on the image's patch grid (transparent where low).",
+    "knockout_effects": "Mean effect on the level of cutting the decision position's attention to each segment, per "
+                        "window of decoder layers (vl.plot.knockout_effects).",
+    "patching_curve": "Mean effect on the level of patching another checkpoint's residual stream, per hidden index "
+                      "(vl.plot.patching_curve).",
 }
 
 
 def write_report(trace: "Trace", path: str | Path, *, topk: int = 5, positions: Sequence[int] | None = None,
                  targets: Sequence[str | int] | None = None, image: Any = None, figures: bool | Mapping = True,
                  title: str | None = None, max_image_positions: int = 256, dpi: int = 110,
-                 lens: "Lens | None" = None) -> Path:
+                 position: int | None = None, lens: "Lens | None" = None) -> Path:
     """Write ``trace`` as one self-contained HTML file.
 
     Args:
@@ -70,10 +79,13 @@ def write_report(trace: "Trace", path: str | Path, *, topk: int = 5, positions: 
         image: The input picture(s) to embed (a path / PIL image or a list of them); default the image paths
             recorded in the trace, when they still exist.
         figures: Include the figures (latent output, top-k, target words, attention, attention mass, patch
-            overlay); or a mapping ``name -> Figure`` of figures already drawn, embedded as they are.
+            overlay), all read at the decision position; or a mapping ``name -> Figure`` of figures already drawn,
+            embedded as they are, each captioned with its own title (which says the position it shows).
         title: Page title (default: from the model name).
         max_image_positions: See ``positions``.
         dpi: Resolution of the embedded figures.
+        position: The position the page opens on and the figures read (default: the decision position, where the
+            level is chosen; without one, the last prompt position).
         lens: The lens the page's top-k tables and lens figures read the layers through: None for the logit lens,
             or a lens of the trace's model (e.g. a :class:`~vlm_lens.TunedLens`); the page names it.
 
@@ -89,19 +101,20 @@ def write_report(trace: "Trace", path: str | Path, *, topk: int = 5, positions: 
     if not isinstance(topk, int) or isinstance(topk, bool) or topk < 1:
         raise VlmLensError(f"topk={topk!r}: expected an integer >= 1.")
     notes: list[str] = []
-    data = _data(trace, topk, positions, max_image_positions, notes, lens)
+    if position is not None:
+        from ..plot.trace_data import resolve
+
+        position = resolve(trace, position, "position")
+    data = _data(trace, topk, positions, max_image_positions, notes, position, lens)
     if isinstance(figures, Mapping):
-        parts = [[(name, _caption(name, lens), _png(fig, dpi)) for name, fig in figures.items()]]
+        parts = [[(name, caption_of(fig), _png(fig, dpi)) for name, fig in figures.items()]]
     else:
-        parts = [_figures(trace, targets, topk, dpi, notes, lens)] if figures else []
-    pictures = _pictures(trace, image)
+        parts = [_figures(trace, targets, topk, dpi, notes, position, lens)] if figures else []
+    pictures = _pictures(trace, image, notes)
     name = str(trace.meta.get("model", "")) or "a model"
     title = title or f"vlm_lens trace: {Path(name).name or name}"
     body = _body(trace, title, pictures, parts[0] if parts else [], notes, _lens_title(lens))
-    page = TEMPLATE.read_text(encoding="utf-8")
-    page = (page.replace("__VLM_LENS_TITLE__", html.escape(title))
-                .replace("__VLM_LENS_BODY__", body)
-                .replace("__VLM_LENS_DATA__", _json_for_script(data)))
+    page = fill(TEMPLATE, title, body).replace("__VLM_LENS_DATA__", _json_for_script(data))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path
@@ -109,7 +122,7 @@ def write_report(trace: "Trace", path: str | Path, *, topk: int = 5, positions: 
 
 # ---------------------------------------------------------------------------------------------------------- data
 def _data(trace: "Trace", k: int, positions: Sequence[int] | None, max_image: int, notes: list[str],
-          lens: "Lens | None" = None) -> dict:
+          position: int | None = None, lens: "Lens | None" = None) -> dict:
     tokens = trace.tokens
     segments = tokens["segment"].tolist()
     kept = set(int(p) for p in trace.positions.tolist())
@@ -139,9 +152,12 @@ def _data(trace: "Trace", k: int, positions: Sequence[int] | None, max_image: in
         row = span.layout[0].cols if span.layout else 32
         images.append({"index": span.image_index, "span": [span.start, span.stop],
                        "grid": list(span.grid) if span.grid else None, "row": row})
-    start = trace.prompt_length - 1 if trace.prompt_length - 1 in kept else (max(kept) if kept else 0)
+    read = reading(trace)
+    start = position if position is not None else read.position
+    start = start if start in kept else (max(kept) if kept else 0)
     return {"tokens": [[int(p), int(i), str(t), str(s)] for p, i, t, s in
                        zip(tokens["pos"], tokens["id"], tokens["text"], tokens["segment"])],
+            "segments": list(read.labels), "decision": read.position if read.decided else None,
             "layers": [int(l) for l in trace.layers], "k": k, "topk": topk, "images": images,
             "start": start, "lens_note": lens_note}
 
@@ -153,31 +169,21 @@ def _json_for_script(data: dict) -> str:
 
 # ------------------------------------------------------------------------------------------------------ figures
 def _figures(trace: "Trace", targets, k: int, dpi: int, notes: list[str],
-             lens: "Lens | None" = None) -> list[tuple[str, str, str]]:
-    from .. import plot
+             position: int | None, lens: "Lens | None" = None) -> list[tuple[str, str, str]]:
+    from ..plot.standard import standard_figures
 
-    has_lens, has_attention = trace.model is not None, trace.attention is not None
-    spatial = any(span.layout for span in trace.image_spans)
-    wanted: list[tuple[str, Callable[[], Any]]] = []
-    if has_lens:
-        wanted += [("latent_output", lambda: plot.latent_output(trace, lens=lens)),
-                   ("topk", lambda: plot.topk(trace, k=k, lens=lens))]
-        if targets:
-            wanted.append(("target_words", lambda: plot.target_words(trace, list(targets), lens=lens)))
-    if has_attention:
-        wanted += [("attention", lambda: plot.attention(trace)), ("attention_mass", lambda: plot.attention_mass(trace))]
-        if spatial:
-            wanted.append(("patch_overlay", lambda: plot.patch_overlay(trace)))
     out = []
-    for name, draw in wanted:
-        caption = _caption(name, lens)
+    read = reading(trace)
+    where = read.words if position is None else read.describe(trace, position)
+    for name, draw in standard_figures(trace, position=position, k=k, targets=targets, lens=lens):
+        caption = _caption(CAPTIONS[name].format(where=where), lens)
         try:
             fig = draw()
         except VlmLensError as err:  # e.g. target words the vocabulary lacks: say so on the page, keep the rest
             notes.append(f"{name}: {err}")
             continue
         out.append((name, caption, _png(fig, dpi)))
-    if not has_attention:
+    if trace.attention is None:
         notes.append("no attention figures: this trace holds no attention rows.")
     return out
 
@@ -190,8 +196,9 @@ def _lens_title(lens: "Lens | None") -> str:
     return name[:1].upper() + name[1:]
 
 
-def _caption(name: str, lens: "Lens | None") -> str:
-    return CAPTIONS.get(name, "").replace("Logit lens", _lens_title(lens))
+def _caption(caption: str, lens: "Lens | None") -> str:
+    """A caption written for the logit lens, naming the lens the figure was read through."""
+    return caption.replace("Logit lens", _lens_title(lens))
 
 
 def _png(fig, dpi: int) -> str:
@@ -200,11 +207,31 @@ def _png(fig, dpi: int) -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def _pictures(trace: "Trace", image: Any) -> list[str]:
+def caption_of(fig) -> str:
+    """A figure drawn elsewhere, captioned by what it says of itself: its title (which names the position)."""
+    suptitle = fig.get_suptitle() if hasattr(fig, "get_suptitle") else ""
+    title = suptitle or next((ax.get_title() for ax in fig.axes if ax.get_title()), "")
+    return "; ".join(" ".join(line.split()) for line in title.splitlines() if line.strip())
+
+
+def fill(template: Path, title: str, body: str) -> str:
+    """A page of ``template`` with its title, body, the shared style sheet and the click-to-enlarge script."""
+    page = template.read_text(encoding="utf-8")
+    return (page.replace("__VLM_LENS_STYLE__", (TEMPLATES / "style.css").read_text(encoding="utf-8"))
+                .replace("__VLM_LENS_LIGHTBOX__", (TEMPLATES / "lightbox.js").read_text(encoding="utf-8"))
+                .replace("__VLM_LENS_TITLE__", html.escape(title))
+                .replace("__VLM_LENS_BODY__", body))
+
+
+def _pictures(trace: "Trace", image: Any, notes: list[str]) -> list[str]:
     from ..core.images import load_image
 
     if image is None:
-        candidates = [p for p in trace.meta.get("images") or [] if Path(str(p)).is_file()]
+        recorded = trace.meta.get("images") or []
+        candidates = [p for p in recorded if Path(str(p)).is_file()]
+        for k in range(len(trace.image_spans)):
+            if k >= len(recorded) or not Path(str(recorded[k])).is_file():
+                notes.append(f"input image {k} is not shown: {picture_note(trace, k)}.")
     else:
         candidates = list(image) if isinstance(image, (list, tuple)) else [image]
     out = []
@@ -218,23 +245,34 @@ def _pictures(trace: "Trace", image: Any) -> list[str]:
 
 
 # --------------------------------------------------------------------------------------------------------- html
+def _intervention_text(record: Mapping[str, Any]) -> str:
+    """One line per intervention of ``Trace.meta["interventions"]``: what acted where."""
+    resolved = record.get("resolved") or {}
+    layers = record.get("layers")
+    if record.get("kind") == "knockout":
+        heads = "" if record.get("heads") is None else f", heads {record['heads']}"
+        return (f"knockout: positions {resolved.get('queries')} may not attend to {resolved.get('keys')} "
+                f"({record.get('queries')} -> {record.get('keys')}), decoder layers {layers}{heads}")
+    what = f"value {record.get('value')}" if record.get("kind") == "ablation" else \
+        f"from {(record.get('source') or {}).get('model')} at {resolved.get('source_positions')}"
+    return f"{record.get('kind')}: positions {resolved.get('positions')} ({record.get('positions')}) at hidden " \
+           f"indices {layers}, {what}"
+
+
 def _body(trace: "Trace", title: str, pictures: list[str], figures: list[tuple[str, str, str]],
           notes: list[str], lens_title: str = "Logit lens") -> str:
     e = html.escape
     counts = trace.tokens["segment"].value_counts()
     meta = trace.meta
     rows = [("model", meta.get("model", "")), ("family", meta.get("family", "")), ("prompt", meta.get("prompt", "")),
-            ("answer", trace.answer or "(nothing generated)"),
+            ("answer", trace.answer or "(nothing generated)"), ("level", _level_words(trace)),
             ("positions", f"{len(trace.tokens)} ({', '.join(f'{s} {n}' for s, n in counts.items())})"),
             ("layers", f"{len(trace.layers)} hidden states ({trace.layers[0]}..{trace.layers[-1]})"),
             ("vlm_lens", meta.get("vlm_lens_version", ""))]
+    rows[4:4] = [("intervention", _intervention_text(record)) for record in meta.get("interventions") or []]
     meta_html = "".join(f"<dt>{e(k)}</dt><dd>{e(str(v))}</dd>" for k, v in rows)
-    legend = "".join(f'<span><i style="background:var(--{s})"></i>{s}</span>'
-                     for s in ("system", "image", "instruction", "response"))
-    figure_html = "".join(
-        f'<figure id="figure-{e(name)}" data-figure="{e(name)}"><img alt="{e(name)}" '
-        f'src="data:image/png;base64,{b64}"><figcaption>{e(caption)}</figcaption></figure>'
-        for name, caption, b64 in figures)
+    legend = "".join(f'<span><i style="background:var(--{s})"></i>{s}</span>' for s in BIQA_SEGMENTS)
+    figure_html = figures_html(figures)
     picture_html = "".join(f'<img alt="input image {k}" src="data:image/png;base64,{b64}">'
                            for k, b64 in enumerate(pictures))
     notes_html = "".join(f"<li>{e(n)}</li>" for n in notes)
@@ -242,12 +280,33 @@ def _body(trace: "Trace", title: str, pictures: list[str], figures: list[tuple[s
 <main>
 <div>
 <section id="sequence"><h2>Sequence</h2><div class="legend">{legend}</div>
-<p class="hint">Hover over a token to see what every layer would output there; click to pin it; ← / → move along.</p>
+<p class="hint">Hover over a token to see what every layer would output there; click to pin it; ← / → move along.
+The underlined token is the decision position: its logits choose the level.</p>
 <div id="tokens"></div></section>
 {f'<section id="notes"><h2>Notes</h2><ul class="notes">{notes_html}</ul></section>' if notes else ''}
-{f'<section id="figures"><h2>Figures</h2>{figure_html}</section>' if figures else ''}
 {f'<section id="pictures" class="pictures"><h2>Input</h2>{picture_html}</section>' if pictures else ''}
 </div>
 <section id="lens"><h2>{e(lens_title)} top-k per layer</h2><div id="lens-title"></div>
 <table id="topk-table" hidden></table></section>
-</main>"""
+</main>
+<div class="wide">
+{f'<section id="figures"><h2>Figures</h2><p class="hint">Click a figure to see it at full size.</p>'
+  f'<div class="figures">{figure_html}</div></section>' if figures else ''}
+</div>"""
+
+
+def figures_html(figures: Sequence[tuple[str, str, str]]) -> str:
+    """``<figure>`` elements of ``(name, caption, base64 PNG)``, shown at their own size up to the page width."""
+    e = html.escape
+    return "".join(f'<figure id="figure-{e(name)}" data-figure="{e(name)}"><img alt="{e(name)}" '
+                   f'src="data:image/png;base64,{b64}"><figcaption>{e(caption)}</figcaption></figure>'
+                   for name, caption, b64 in figures)
+
+
+def _level_words(trace: "Trace") -> str:
+    read = reading(trace)
+    if read.layout is None or not read.decided:
+        return read.words
+    level = read.layout.level
+    return (f"{level!r}, decided at the {read.words}" if level else
+            f"read at the {read.words} (prefilled answer; the level is the most probable level word there)")

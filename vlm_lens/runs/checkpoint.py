@@ -29,7 +29,7 @@ import pyarrow.parquet as pq
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..core.errors import VlmLensError
+from ..core.errors import DamagedFileError, VlmLensError
 from ..tracing.fingerprint import model_fingerprint
 
 __all__ = ["RankState", "atomic_write", "describe_differences", "model_fingerprint", "read_parts", "write_table"]
@@ -72,7 +72,12 @@ def read_parts(folder: Path) -> pd.DataFrame:
     files = sorted(folder.glob("part-*.parquet"))
     if not files:
         return pd.DataFrame()
-    table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+    try:
+        table = pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
+    except (OSError, pa.ArrowException) as err:
+        raise DamagedFileError(f"the checkpointed rows in {str(folder)!r} are damaged ({type(err).__name__}: {err}). "
+                               "Start the run again with overwrite=True (it deletes only what the run wrote), or in a "
+                               "new folder.", str(folder)) from None
     return table.to_pandas()
 
 
@@ -113,21 +118,34 @@ class RankState:
     def load(self, reducers: list[Any]) -> None:
         """Restore the last committed checkpoint into ``reducers`` and drop parts written after it."""
         if self.state_file.exists():
-            with safe_open(str(self.state_file), "pt") as handle:
-                info = json.loads(handle.metadata()["state"])
-                tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-            if info.get("format_version") != FORMAT_VERSION:
-                raise VlmLensError(f"{self.state_file}: checkpoint format {info.get('format_version')} is not "
+            try:
+                with safe_open(str(self.state_file), "pt") as handle:
+                    info = json.loads((handle.metadata() or {})["state"])
+                    tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+            except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for every kind of damage
+                raise self._damaged(err) from None
+            if not isinstance(info, dict) or info.get("format_version") != FORMAT_VERSION:
+                raise VlmLensError(f"{self.state_file}: checkpoint format "
+                                   f"{info.get('format_version') if isinstance(info, dict) else info!r} is not "
                                    f"{FORMAT_VERSION}; start the run in a new folder.")
-            self.seq, self.done_batches, self.skipped = info["seq"], info["done_batches"], info["skipped"]
-            for reducer in reducers:
-                prefix = f"{reducer.name}/"
-                reducer.load_state({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            try:
+                self.seq, self.done_batches, self.skipped = int(info["seq"]), int(info["done_batches"]), \
+                    list(info["skipped"])
+                for reducer in reducers:
+                    prefix = f"{reducer.name}/"
+                    reducer.load_state({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+                raise self._damaged(err) from None
         for part in (self.folder / "rows").glob("*/part-*.parquet"):
             if int(part.stem.split("-")[1]) > self.seq:
                 part.unlink()
         for temp in self.folder.rglob(".*.tmp"):  # a write cut short by a kill
             temp.unlink()
+
+    def _damaged(self, err: BaseException) -> DamagedFileError:
+        return DamagedFileError(f"the checkpoint {str(self.state_file)!r} is damaged ({type(err).__name__}: {err}). "
+                                "Start the run again with overwrite=True (it deletes only what the run wrote), or in a "
+                                "new folder.", str(self.state_file))
 
     def commit(self, reducers: list[Any]) -> None:
         """Write the rows emitted since the last checkpoint, then atomically replace the state (the commit)."""

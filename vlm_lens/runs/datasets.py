@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from ..core.checks import as_bool, as_folder
 from ..core.errors import VlmLensError
 from ..core.images import load_image
 
@@ -73,6 +75,7 @@ class Dataset:
     missing: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["index", "id", "image", "reason"]))
 
     def __post_init__(self) -> None:
+        self.higher_is_better = as_bool(self.higher_is_better, "higher_is_better")
         if not self.samples:
             raise VlmLensError(f"dataset {self.name or ''!r} has no samples; a run needs at least one image.")
         if [s.index for s in self.samples] != list(range(len(self.samples))):
@@ -149,19 +152,29 @@ def from_table(table: pd.DataFrame, *, image: str = "image", score: str | None =
         >>> from_table(pd.DataFrame({"image": ["a.png"], "mos": [3.5]})).samples[0]
         Sample(index=0, id='a.png', image=PosixPath('a.png'), mos=3.5)
     """
+    if not isinstance(table, pd.DataFrame):
+        raise VlmLensError(f"table: expected a pandas DataFrame, got {type(table).__name__}. Build one first, e.g. "
+                           "pd.DataFrame(records), or read a file with from_csv / from_json.")
+    higher_is_better = as_bool(higher_is_better, "higher_is_better")
+    if root is not None:
+        root = as_folder(root, "root")
+    if len(table) == 0:
+        raise VlmLensError(f"{source}: the table has no rows; a dataset needs at least one image.")
     needed = [c for c in (image, score, id) if c is not None]
     absent = [c for c in needed if c not in table.columns]
     if absent:
         raise VlmLensError(f"{source}: missing column(s) {absent}; it has {list(table.columns)}. Name the columns "
                            f"with image=..., score=... (None for no scores), id=....")
-    if len(table) == 0:
-        raise VlmLensError(f"{source}: the table has no rows; a dataset needs at least one image.")
     paths = table[image]
     if paths.isna().any() or (paths.astype(str).str.strip() == "").any():
         rows = table.index[paths.isna() | (paths.astype(str).str.strip() == "")].tolist()
         raise VlmLensError(f"{source}: column {image!r} is empty in rows {rows[:10]}; every row needs an image path.")
     scores: list[float | None] = [None] * len(table)
     if score is not None:
+        flags = table.index[table[score].map(lambda v: isinstance(v, (bool, np.bool_)))].tolist()
+        if flags:
+            raise VlmLensError(f"{source}: column {score!r} holds True/False in rows {flags[:10]}; a score is a "
+                               "number (MOS / DMOS). Check that score= names the score column.")
         values = pd.to_numeric(table[score], errors="coerce")
         bad = table.index[values.isna()].tolist()
         if bad:
@@ -169,7 +182,15 @@ def from_table(table: pd.DataFrame, *, image: str = "image", score: str | None =
             raise VlmLensError(f"{source}: column {score!r} has {len(bad)} missing or non-numeric score(s) (NaN), "
                                f"rows {bad[:10]} (values {shown}). Drop those rows first (pass a filtered table "
                                "to vl.datasets.from_table), or fix the file.")
+        infinite = table.index[~np.isfinite(values.to_numpy(float))].tolist()
+        if infinite:
+            raise VlmLensError(f"{source}: column {score!r} has {len(infinite)} infinite score(s), rows "
+                               f"{infinite[:10]}; a score must be a finite number (it would drop out of every "
+                               "correlation). Fix those rows or drop them.")
         scores = [float(v) for v in values]
+    if id is not None and (table[id].isna().any() or (table[id].astype(str).str.strip() == "").any()):
+        rows = table.index[table[id].isna() | (table[id].astype(str).str.strip() == "")].tolist()
+        raise VlmLensError(f"{source}: column {id!r} is empty in rows {rows[:10]}; every sample needs an id.")
     ids = table[id].astype(str).tolist() if id is not None else paths.astype(str).tolist()
     base = Path(root) if root is not None else None
     samples, missing = [], []
@@ -185,7 +206,7 @@ def from_table(table: pd.DataFrame, *, image: str = "image", score: str | None =
         warnings.warn(f"{source}: {len(missing)} of {len(samples)} image(s) do not exist, e.g. "
                       f"{frame.image.iloc[0]!r}; they stay in the dataset and a run reports them as skipped "
                       "(Dataset.missing lists them).", stacklevel=3)
-    return Dataset(samples, higher_is_better=bool(higher_is_better), name=name, missing=frame)
+    return Dataset(samples, higher_is_better=higher_is_better, name=name, missing=frame)
 
 
 def from_csv(path: str | Path, *, image: str = "image", score: str | None = "mos", id: str | None = None,
@@ -201,6 +222,8 @@ def from_csv(path: str | Path, *, image: str = "image", score: str | None = "mos
         table = pd.read_csv(path, **read_csv)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise VlmLensError(f"{str(path)!r} could not be read as CSV ({err}).") from None
+    except (TypeError, ValueError) as err:  # arguments pandas refuses (passed through **read_csv)
+        raise VlmLensError(f"{str(path)!r}: pandas.read_csv refused the arguments {read_csv} ({err}).") from None
     return from_table(table, image=image, score=score, id=id, root=root if root is not None else path.parent,
                       higher_is_better=higher_is_better, name=name if name is not None else path.stem,
                       source=str(path))
@@ -230,6 +253,9 @@ def from_json(path: str | Path, *, image: str | None = None, score: str | None =
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise VlmLensError(f"{str(path)!r}: expected a JSON list of objects (one per image), got "
                            f"{type(records).__name__}.")
+    if not records:
+        raise VlmLensError(f"{str(path)!r} holds an empty list: it has no rows (no images); a dataset needs at "
+                           "least one image.")
     table = pd.DataFrame.from_records(records)
     if image is None:
         image = next((k for k in QALIGN_IMAGE_KEYS if k in table.columns), QALIGN_IMAGE_KEYS[0])
@@ -248,25 +274,38 @@ def from_images(images: Sequence[Any], scores: Sequence[float] | None = None, *,
         >>> ds[0].id, ds[0].mos
         ('0', 4.0)
     """
+    if isinstance(images, (str, bytes, Path, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim < 4) \
+            or not hasattr(images, "__iter__"):
+        shape = f" of shape {images.shape}" if hasattr(images, "shape") else ""
+        raise VlmLensError(f"images: expected a list of images (paths, PIL images or arrays), got one "
+                           f"{type(images).__name__}{shape}. Wrap a single image in a list: from_images([image]).")
+    higher_is_better = as_bool(higher_is_better, "higher_is_better")
     images = list(images)
     if scores is not None:
+        if isinstance(scores, (str, bytes)) or not hasattr(scores, "__iter__"):
+            raise VlmLensError(f"scores: expected a list of numbers, one per image, got {type(scores).__name__}.")
         scores = list(scores)
         if len(scores) != len(images):
             raise VlmLensError(f"{len(images)} images but {len(scores)} scores; pass one score per image.")
-        bad = [k for k, s in enumerate(scores) if s is None or not isinstance(s, (int, float, np.number))
-               or math.isnan(float(s))]
+        bad = [k for k, s in enumerate(scores) if s is None or isinstance(s, (bool, np.bool_))
+               or not isinstance(s, (int, float, np.number)) or not math.isfinite(float(s))]
         if bad:
-            raise VlmLensError(f"scores at positions {bad[:10]} are NaN or not numbers; drop those images or fix "
-                               "the scores.")
+            raise VlmLensError(f"scores at positions {bad[:10]} are NaN, infinite or not numbers (values "
+                               f"{[scores[k] for k in bad[:5]]}); drop those images or fix the scores.")
     ids = [str(i) for i in ids] if ids is not None else [str(k) for k in range(len(images))]
     if len(ids) != len(images):
         raise VlmLensError(f"{len(images)} images but {len(ids)} ids; pass one id per image.")
     samples = [Sample(k, ids[k], img, None if scores is None else float(scores[k])) for k, img in enumerate(images)]
-    return Dataset(samples, higher_is_better=bool(higher_is_better), name=name)
+    return Dataset(samples, higher_is_better=higher_is_better, name=name)
 
 
 def _existing(path: str | Path) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise VlmLensError(f"path={path!r}: expected the path of a file (str or pathlib.Path), got "
+                           f"{type(path).__name__}.")
     path = Path(path)
+    if path.is_dir():
+        raise VlmLensError(f"{str(path)!r} is a folder; pass the path of the table file inside it (a .csv or .json).")
     if not path.is_file():
         raise VlmLensError(f"{str(path)!r}: no such file. Check the path (relative paths are resolved against "
                            f"{Path.cwd()}).")

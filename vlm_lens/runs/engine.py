@@ -25,9 +25,7 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import time
 from collections import defaultdict
 from dataclasses import dataclass
@@ -37,6 +35,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 import torch
 
+from ..core.checks import as_bool, as_folder, as_int, make_folder
 from ..core.errors import ImageError, RunMismatchError, VlmLensError
 from ..core.version import __version__
 from ..tracing.loading import LensModel
@@ -48,9 +47,10 @@ from .checkpoint import (
     write_table,
 )
 from .datasets import Dataset
+from .folder import RUN_FILE, check_out, discard, read_results, read_run_info
 from .reducers import Reducer, merge_requests, trace_samples
 
-__all__ = ["RunResult", "default_analyses", "register_default_analyses", "run"]
+__all__ = ["RunResult", "default_analyses", "register_default_analyses", "register_table_upgrade", "run"]
 
 SKIPPED_COLUMNS = ["index", "id", "image", "reason"]
 
@@ -79,25 +79,24 @@ class RunResult:
         return self.tables[name]
 
     def save(self, folder: str | Path) -> Path:
-        """Write ``<table>.parquet`` + ``.csv`` per table, ``skipped.*`` and ``meta.json`` into ``folder``."""
-        folder = Path(folder)
+        """Write ``<table>.parquet`` + ``.csv`` per table, ``skipped.*`` and ``meta.json`` (which lists the tables)
+        into ``folder``."""
+        folder = make_folder(folder, "folder")
         for name, frame in self.tables.items():
             write_table(frame, folder / name)
         write_table(self.skipped, folder / "skipped")
-        write_json(folder / "meta.json", self.meta)
+        write_json(folder / "meta.json", {**self.meta, "tables": sorted(self.tables)})
         return folder
 
     @classmethod
     def load(cls, folder: str | Path) -> "RunResult":
-        """Read a run folder (the one given as ``out=``) or its ``results/`` folder."""
-        folder = Path(folder)
-        results = folder / "results" if (folder / "results" / "meta.json").exists() else folder
-        if not (results / "meta.json").exists():
-            raise VlmLensError(f"{str(folder)!r} holds no finished run (no results/meta.json); run it with "
-                               "vl.run(..., out=...) first.")
-        tables = {p.stem: pd.read_parquet(p) for p in sorted(results.glob("*.parquet")) if p.stem != "skipped"}
-        return cls(tables, pd.read_parquet(results / "skipped.parquet"),
-                   json.loads((results / "meta.json").read_text()), folder=results.parent)
+        """Read a run folder (the one given as ``out=``) or its ``results/`` folder: the tables the run wrote (other
+        files there are not tables of the run), through the registered upgrades of older folders. A damaged file
+        raises :class:`~vlm_lens.core.errors.DamagedFileError` naming it."""
+        tables, skipped, meta, results = read_results(as_folder(folder, "folder"))
+        for upgrade in _UPGRADES:
+            tables = upgrade(tables)
+        return cls(tables, skipped, meta, folder=results.parent)
 
     def __repr__(self) -> str:
         return (f"RunResult(model={self.meta.get('model', {}).get('name')!r}, n_done={self.meta.get('n_done')}, "
@@ -106,6 +105,16 @@ class RunResult:
 
 #: Builds the analyses ``run`` computes when none are given; set by the domain layer (``vlm_lens.biqa``).
 _DEFAULT_ANALYSES: Callable[[], list[Reducer]] | None = None
+#: Functions that bring the tables of a run folder written by an earlier version up to date, in order.
+_UPGRADES: list[Callable[[dict[str, pd.DataFrame]], dict[str, pd.DataFrame]]] = []
+
+
+def register_table_upgrade(upgrade: Callable[[dict[str, pd.DataFrame]], dict[str, pd.DataFrame]]) -> None:
+    """Have :meth:`RunResult.load` pass the tables it reads through ``upgrade`` (``{name: frame} -> {name:
+    frame}``), so that a run folder written by an earlier version reads as one written now (a renamed column, say).
+    The layer that owns the tables registers it; registering the same function twice is a no-op."""
+    if upgrade not in _UPGRADES:
+        _UPGRADES.append(upgrade)
 
 
 def register_default_analyses(factory: Callable[[], list[Reducer]]) -> None:
@@ -141,22 +150,28 @@ def run(model: LensModel, dataset: Dataset, analyses: Sequence[Reducer] | None =
             takes ``k`` rows).
         checkpoint_every: Samples between checkpoints (rounded up to whole batches).
         progress: Show a progress bar (rank 0 only).
-        overwrite: Delete an existing run in ``out`` (its ``run.json``, ``state/`` and ``results/``) first.
+        overwrite: Delete the run already in ``out`` first — only what a run wrote there (its ``run.json``, its
+            ``state/rank-*`` folders, and its tables, ``skipped.*`` and ``meta.json`` in ``results/``); other files
+            stay. ``out`` must be a new or empty folder, or a folder holding a run (its ``run.json``): a folder of
+            other files is refused, with or without ``overwrite``.
 
     Returns:
         A :class:`RunResult`, the same on every rank.
 
     Raises:
-        VlmLensError: Bad arguments, an unwritable ``out``, or ``out`` holding a different run.
+        VlmLensError: Bad arguments, an unwritable ``out``, ``out=""``, or ``out`` holding files of its own.
+        RunMismatchError: ``out`` holds a run of another model or other arguments.
+        DamagedFileError: A file of the run in ``out`` cannot be read back.
     """
     if not isinstance(model, LensModel):
         raise VlmLensError(f"model: expected the result of vl.load(...) or vl.wrap(...), got {type(model).__name__}.")
     if not isinstance(dataset, Dataset):
         raise VlmLensError(f"dataset: expected a vl.datasets.Dataset (from_csv, from_json, from_images), got "
                            f"{type(dataset).__name__}.")
-    for name, value in (("batch_size", batch_size), ("checkpoint_every", checkpoint_every)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise VlmLensError(f"{name}={value!r}: expected an integer >= 1.")
+    batch_size = as_int(batch_size, "batch_size", minimum=1)
+    checkpoint_every = as_int(checkpoint_every, "checkpoint_every", minimum=1, meaning="a number of samples")
+    overwrite = as_bool(overwrite, "overwrite")
+    folder = as_folder(out, "out") if out is not None else None
     reducers = _check_analyses(analyses)
     rank, world, owned = _distributed(model)
     try:
@@ -167,7 +182,6 @@ def run(model: LensModel, dataset: Dataset, analyses: Sequence[Reducer] | None =
                        "analyses": [{"name": r.name, "class": type(r).__name__, "config": r.config()}
                                     for r in reducers],
                        "batch_size": batch_size, "world_size": world}
-        folder = Path(out) if out is not None else None
         if folder is not None:
             finished = _prepare(folder, fingerprint, overwrite, rank, world)
             if finished is not None:
@@ -188,8 +202,9 @@ def _check_analyses(analyses: Sequence[Reducer] | None) -> list[Reducer]:
                            f"{[type(a).__name__ for a in bad] or 'an empty list'}.")
     names = [r.name for r in reducers]
     if len(set(names)) != len(names):
-        raise VlmLensError(f"analyses {names}: each analysis may appear once per run (their tables share names); "
-                           "run a second configuration into another folder.")
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise VlmLensError(f"analyses {names}: each table prefix may appear once per run ({twice} would write the "
+                           f"same tables); give each further one its own, e.g. .named('{twice[0]}_2').")
     return [r.fresh() for r in reducers]
 
 
@@ -214,13 +229,13 @@ def _barrier(world: int) -> None:
 
 def _prepare(folder: Path, fingerprint: dict, overwrite: bool, rank: int, world: int) -> RunResult | None:
     """Check (and create) the run folder; return the finished run if there is one with this fingerprint."""
-    info_file = folder / "run.json"
-    if overwrite and rank == 0:
-        info_file.unlink(missing_ok=True)
-        for sub in ("state", "results"):
-            shutil.rmtree(folder / sub, ignore_errors=True)
+    info_file = folder / RUN_FILE
+    if rank == 0:
+        check_out(folder)  # a file, or a folder of the user's own files: refused, overwrite or not
+        if overwrite:
+            discard(folder, [a["name"] for a in fingerprint["analyses"]])  # only what a run wrote
     _barrier(world)
-    existing = json.loads(info_file.read_text()) if info_file.exists() else None
+    existing = read_run_info(folder) if info_file.exists() else None
     if existing is not None and existing.get("fingerprint") != fingerprint:
         differences = describe_differences(existing.get("fingerprint"), fingerprint)
         raise RunMismatchError(f"out={str(folder)!r} holds a run of a different model or with different arguments; "
@@ -275,7 +290,10 @@ def _execute(model: LensModel, dataset: Dataset, reducers: list[Reducer], folder
             if samples:
                 traced = trace_samples(model, images, [s.id for s in samples], requests[key], batch_size)
                 for reducer in members:
-                    reducer.update_batch(samples, traced)
+                    if reducer.needs_images:
+                        reducer.update_batch(samples, traced, images=images)
+                    else:
+                        reducer.update_batch(samples, traced)
         done += 1
         bar.update(len(batch))
         bar.set_postfix(skipped=len(skipped))
@@ -311,8 +329,8 @@ def _merge_and_write(reducers: list[Reducer], folder: Path, world: int, dataset:
         skipped += state.skipped
     result = _finish(merged, parts, skipped, dataset, fingerprint, elapsed, folder, world)
     result.save(folder / "results")
-    info = json.loads((folder / "run.json").read_text())
-    write_json(folder / "run.json", {**info, "status": "done"})
+    info = read_run_info(folder)
+    write_json(folder / RUN_FILE, {**info, "status": "done"})
 
 
 def _finish(reducers: list[Reducer], parts: list[dict[str, dict[str, pd.DataFrame]]], skipped: list[dict],
@@ -333,7 +351,7 @@ def _finish(reducers: list[Reducer], parts: list[dict[str, dict[str, pd.DataFram
             "seeds": {a["name"]: a["config"]["seed"] for a in fingerprint["analyses"] if "seed" in a["config"]},
             "batch_size": fingerprint["batch_size"], "world_size": world, "n_samples": len(dataset),
             "n_done": len(dataset) - n_skipped, "n_skipped": n_skipped, "seconds_rank0": round(elapsed, 3),
-            "versions": _versions()}
+            "versions": _versions(), "tables": sorted(tables)}
     return RunResult(tables, skipped_frame.reset_index(drop=True), meta, folder)
 
 

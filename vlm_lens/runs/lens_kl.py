@@ -132,8 +132,8 @@ class LensKL(Reducer):
         return {"lens": None if self.lens is None else self.lens.describe(), "prompt": self.prompt,
                 "generate": self.generate, "system": self.system}
 
-    def fresh(self) -> "LensKL":
-        return type(self)(self.lens, prompt=self.prompt, generate=self.generate, system=self.system)
+    def arguments(self) -> dict[str, Any]:
+        return {"lens": self.lens, "prompt": self.prompt, "generate": self.generate, "system": self.system}
 
     def request(self) -> TraceRequest:
         return TraceRequest(self.prompt, None, self.generate, system=self.system, hidden=True, all_positions=True)

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Sequence
 
@@ -43,6 +44,8 @@ if TYPE_CHECKING:
     from .datasets import Sample
 
 __all__ = ["Reducer", "TraceRequest", "accumulate", "merge_requests", "trace_samples"]
+
+_NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -173,13 +176,18 @@ class Reducer:
 
     Subclasses set :attr:`name` and :attr:`tables`, store their arguments so that :meth:`config` can return them
     (the run's fingerprint and metadata record them), and implement :meth:`request`, :meth:`update` and
-    :meth:`result`.
+    :meth:`result`. One instance may take its own table prefix with :meth:`named`, so that one run computes the
+    same analysis twice (two reading positions, say) into tables that do not collide.
     """
 
-    #: Prefix of the analysis' tables in a run (``"quality"`` -> ``"quality.samples"``).
+    #: Prefix of the analysis' tables in a run (``"quality"`` -> ``"quality.samples"``); :meth:`named` sets another
+    #: one on an instance.
     name: ClassVar[str] = "reducer"
     #: Names of the per-sample row tables :meth:`update` emits to.
     tables: ClassVar[tuple[str, ...]] = ()
+    #: True for analyses that trace the samples again themselves (under interventions): the run then calls
+    #: ``update_batch(samples, traces, images=...)`` with the batch's images.
+    needs_images: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self.rows: dict[str, list[dict[str, Any]]] = {table: [] for table in self.tables}
@@ -211,8 +219,33 @@ class Reducer:
 
     # ------------------------------------------------------------------------------------------------ shared
     def fresh(self) -> "Reducer":
-        """An empty reducer with the same arguments."""
-        return type(self)(**self.config())
+        """An empty reducer with the same arguments (and the same table prefix)."""
+        twin = type(self)(**self.arguments())
+        if self.name != type(self).name:
+            twin.name = self.name
+        return twin
+
+    def arguments(self) -> dict[str, Any]:
+        """The constructor arguments of an equal, empty reducer (default: :meth:`config`; a reducer holding an
+        object its config only describes, such as a lens, returns the object)."""
+        return self.config()
+
+    def named(self, name: str) -> "Reducer":
+        """Give this analysis its own table prefix (``name.<table>`` instead of ``<class name>.<table>``) and
+        return it, so that a run can hold the same analysis twice with different arguments.
+
+        Example:
+            >>> class Count(Reducer):
+            ...     name = "count"
+            ...     def config(self): return {}
+            >>> Count().named("count_again").name, Count().named("count_again").fresh().name
+            ('count_again', 'count_again')
+        """
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise VlmLensError(f"named({name!r}): expected a table prefix of lower-case letters, digits and "
+                               "underscores that starts with a letter (e.g. 'attention_level').")
+        self.name = name
+        return self
 
     def emit(self, table: str, row: dict[str, Any]) -> None:
         self.rows[table].append(row)
@@ -237,7 +270,7 @@ class Reducer:
 
     def merge(self, other: "Reducer") -> "Reducer":
         """Add ``other``'s sums and rows to this reducer (in place) and return it."""
-        if type(other) is not type(self) or other.config() != self.config():
+        if type(other) is not type(self) or other.config() != self.config() or other.name != self.name:
             raise VlmLensError(f"cannot merge {type(other).__name__}({other.config()}) into "
                                f"{type(self).__name__}({self.config()}): analyses differ.")
         for key, value in other.sums.items():
@@ -254,4 +287,5 @@ class Reducer:
         self.sums = {k: v.to(torch.float64) for k, v in tensors.items()}
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config().items())})"
+        named = f".named({self.name!r})" if self.name != type(self).name else ""
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config().items())}){named}"

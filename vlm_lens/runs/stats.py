@@ -16,7 +16,12 @@ gets a positive correlation on every set (``higher_is_better=False``).
 Confidence intervals are percentile bootstraps over samples (``n_boot`` resamples with replacement, drawn from
 ``numpy.random.default_rng(seed)``; the logistic is refitted in every resample). Comparisons of two models on
 the same samples resample the *same* indices for both (paired bootstrap). Per-sample paired quantities use the
-Wilcoxon signed-rank test, paired binary outcomes McNemar's exact test.
+Wilcoxon signed-rank test, paired binary outcomes McNemar's exact test. A table of many such tests (one per layer
+and segment, say) is corrected for multiple comparisons by Holm's step-down method (:func:`holm`): it controls the
+chance of any false positive among the table's tests, without assuming they are independent.
+
+Shares (of samples whose level changes, of layers that agree) get Wilson score intervals (:func:`wilson`), means
+over samples Student-t intervals (:func:`mean_interval`).
 
 Example:
     >>> import numpy as np
@@ -34,8 +39,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-__all__ = ["correlations", "fit_logistic4", "logistic4", "mcnemar", "paired_correlations", "plcc",
-           "plcc_logistic", "sigmoid", "srcc", "wilcoxon"]
+__all__ = ["correlations", "fit_logistic4", "holm", "logistic4", "mcnemar", "mean_interval", "paired_correlations",
+           "plcc", "plcc_logistic", "sigmoid", "srcc", "wilcoxon", "wilson"]
 
 METRICS = ("srcc", "plcc", "plcc_logistic")
 
@@ -296,3 +301,65 @@ def mcnemar(a: np.ndarray, b: np.ndarray) -> float:
     if only_a + only_b == 0:
         return 1.0
     return float(binomtest(min(only_a, only_b), only_a + only_b, 0.5).pvalue)
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's step-down adjusted p-values of a family of tests (NaN p-values stay NaN and do not count).
+
+    Sorted ascending, the ``i``-th smallest of ``m`` p-values is multiplied by ``m - i`` (``i`` from 0), the running
+    maximum taken so the order is kept, and the result capped at 1. A test is significant at level ``alpha``
+    after correction when its adjusted p-value is below ``alpha``.
+
+    Example:
+        >>> holm(np.array([0.01, 0.04, 0.03])).round(3).tolist()
+        [0.03, 0.06, 0.06]
+    """
+    p = np.asarray(p, float)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    if not len(finite):
+        return out
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = len(order)
+    adjusted = np.maximum.accumulate(p[order] * (m - np.arange(m)))
+    out[order] = np.minimum(adjusted, 1.0)
+    return out
+
+
+def wilson(successes: float, n: float, ci: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval of a proportion ``successes / n`` (NaN, NaN when ``n`` is 0).
+
+    Example:
+        >>> [round(x, 4) for x in wilson(8, 10)]
+        [0.4902, 0.9433]
+    """
+    from scipy.stats import norm
+
+    if not n:
+        return float("nan"), float("nan")
+    z = float(norm.ppf(0.5 + ci / 2))
+    phat = successes / n
+    centre = (phat + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(centre - half, 0.0)), float(min(centre + half, 1.0))
+
+
+def mean_interval(values: np.ndarray, ci: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the mean of the finite ``values`` and its Student-t interval (NaN bounds with fewer
+    than two values).
+
+    Example:
+        >>> [round(x, 3) for x in mean_interval(np.array([1.0, 2.0, 3.0]))]
+        [2.0, -0.484, 4.484]
+    """
+    from scipy.stats import t as student
+
+    values = np.asarray(values, float)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return float("nan"), float("nan"), float("nan")
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, float("nan"), float("nan")
+    half = float(student.ppf(0.5 + ci / 2, len(values) - 1)) * float(values.std(ddof=1)) / np.sqrt(len(values))
+    return mean, float(mean - half), float(mean + half)

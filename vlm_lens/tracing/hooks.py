@@ -15,6 +15,16 @@ Two mechanisms, both scoped to a ``with Recorder(...)`` block:
    family uses it. The queries and keys arrive after rotary embedding, so no family needs RoPE code of its own.
    Models already running eager attention are read through a hook on the attention module's weights instead.
 
+The same attention function is where knockouts act (:mod:`vlm_lens.tracing.editing` registers an editor per
+attention module with :func:`add_editor`): the mask it is given is edited before the delegate runs, and the rows
+are computed from the edited mask. The config switch is shared and counted, so a recorder and an editor active
+together switch it once.
+
+What the hooks store leaves the GPU without stalling it: hidden states kept on the host (``device="cpu"``) are
+copied asynchronously into pinned memory as each layer finishes, and waited for once when the block ends (a
+synchronous copy per layer would make the host wait for every layer before it can queue the next one). The
+values are those of a plain copy, bit for bit (``benchmarks/gpu.py`` checks it on a GPU).
+
 The registration in transformers' ``AttentionInterface`` / ``AttentionMaskInterface`` and the config switch are
 undone on exit, errors included. Nothing here runs at import time.
 """
@@ -30,7 +40,8 @@ from torch import nn
 
 from ..models.base import Adapter
 
-__all__ = ["IMPLEMENTATION", "Recorder", "attention_rows"]
+__all__ = ["IMPLEMENTATION", "Recorder", "add_editor", "attention_rows", "base_implementation", "full_mask",
+           "remove_editors", "restore", "switch"]
 
 #: Name under which the row-recording attention function is registered while a capture is active.
 IMPLEMENTATION = "vlm_lens_rows"
@@ -38,6 +49,8 @@ IMPLEMENTATION = "vlm_lens_rows"
 _lock = threading.RLock()
 _active: dict[int, tuple["Recorder", int]] = {}  # id(attention module) -> (capture, decoder layer index)
 _registered: dict[str, int] = {}  # registered implementation name -> number of active captures using it
+_editors: dict[int, tuple[Any, int]] = {}  # id(attention module) -> (mask editor, decoder layer index)
+_switches: dict[int, list] = {}  # id(config) -> [config, base implementation, number of users]
 
 
 @dataclass
@@ -68,6 +81,8 @@ class Recorder:
     rows: dict[int, torch.Tensor] = field(default_factory=dict, init=False)
     _handles: list[Any] = field(default_factory=list, init=False, repr=False)
     _switched: tuple[Any, str] | None = field(default=None, init=False, repr=False)
+    _placed: dict[tuple[int, torch.device], torch.Tensor] = field(default_factory=dict, init=False, repr=False)
+    _copying: set[torch.device] = field(default_factory=set, init=False, repr=False)
 
     # ------------------------------------------------------------------------------------------------ lifecycle
     def __enter__(self) -> "Recorder":
@@ -79,7 +94,10 @@ class Recorder:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._remove()
+        try:
+            self._remove()
+        finally:
+            self._wait()
 
     def _install(self) -> None:
         layers = self.adapter.layers
@@ -92,18 +110,17 @@ class Recorder:
         if self.query_positions is None or not self.attention_layers:
             return
         config = self.adapter.text_config
-        base = config._attn_implementation
+        base = base_implementation(config)
         if base == "eager":
             for l in self.attention_layers:
                 module = self.adapter.attention_module(layers[l])
                 self._handles.append(module.register_forward_hook(self._make_eager_hook(l)))
             return
-        _register(base)
         with _lock:
             for l in self.attention_layers:
                 _active[id(self.adapter.attention_module(layers[l]))] = (self, l)
+        switch(config)
         self._switched = (config, base)
-        config._attn_implementation_internal = f"{IMPLEMENTATION}:{base}"
 
     def _remove(self) -> None:
         for handle in self._handles:
@@ -113,18 +130,40 @@ class Recorder:
             for key in [k for k, (capture, _) in _active.items() if capture is self]:
                 del _active[key]
         if self._switched is not None:
-            config, base = self._switched
-            config._attn_implementation_internal = base
+            restore(self._switched[0])
             self._switched = None
-            _unregister(base)
+        self._placed.clear()
+
+    def _wait(self) -> None:
+        """Wait for the asynchronous copies to the host: after this, every stored tensor holds its values."""
+        for device in self._copying:
+            torch.cuda.current_stream(device).synchronize()
+        self._copying.clear()
 
     # ---------------------------------------------------------------------------------------------- recording
     def _keep(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.detach()
         if self.keep_index is not None:
-            index = self.keep_index.to(tensor.device)
+            index = self._on(self.keep_index, tensor.device)
             tensor = torch.gather(tensor, 1, index[..., None].expand(-1, -1, tensor.shape[-1]))
-        return tensor.to(device=self.device, dtype=self.dtype)
+        if self.dtype is not None:
+            tensor = tensor.to(self.dtype)  # where it was computed: a GPU casts faster than the host
+        if self.device is None:
+            return tensor
+        target = torch.device(self.device)
+        if target.type == "cpu" and tensor.device.type == "cuda":
+            host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+            host.copy_(tensor, non_blocking=True)  # stream-ordered; read only after _wait()
+            self._copying.add(tensor.device)
+            return host
+        return tensor.to(target)
+
+    def _on(self, tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """``tensor`` on ``device``, moved there once per block instead of once per layer."""
+        key = (id(tensor), device)
+        if key not in self._placed:
+            self._placed[key] = tensor.to(device)
+        return self._placed[key]
 
     def _record_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         hidden = args[0] if args else kwargs["hidden_states"]
@@ -142,14 +181,14 @@ class Recorder:
             weights = output[1] if isinstance(output, (tuple, list)) and len(output) > 1 else None
             if weights is None:
                 raise RuntimeError(f"decoder layer {layer}: eager attention returned no weights")
-            self.rows[layer] = _gather_rows(weights.float(), self.query_positions.to(weights.device))
+            self.rows[layer] = _gather_rows(weights.float(), self._on(self.query_positions, weights.device))
 
         return hook
 
     def record_rows(self, layer: int, module: nn.Module, query: torch.Tensor, key: torch.Tensor,
                     attention_mask: torch.Tensor | None, scaling: float | None, kwargs: dict) -> None:
         self.rows[layer] = attention_rows(module, query, key, attention_mask,
-                                          self.query_positions.to(query.device), scaling, kwargs)
+                                          self._on(self.query_positions, query.device), scaling, kwargs)
 
 
 # ------------------------------------------------------------------------------------------ the attention function
@@ -223,19 +262,94 @@ def _gather_rows(weights: torch.Tensor, positions: torch.Tensor) -> torch.Tensor
 def _make_function(base: str) -> Callable:
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-    delegate = ALL_ATTENTION_FUNCTIONS[base]
+    fixed = None if base == "eager" else ALL_ATTENTION_FUNCTIONS[base]
+    # an edited mask is an arbitrary one: kernels that take none (flash) hand the edited layers to SDPA
+    masked = fixed if base == "sdpa" else None if base == "eager" else ALL_ATTENTION_FUNCTIONS["sdpa"]
 
     def attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                  attention_mask: torch.Tensor | None, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
-        output, _ = delegate(module, query, key, value, attention_mask, *args, **kwargs)
+                  attention_mask: torch.Tensor | None, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, Any]:
+        delegate = fixed or _eager_of(module)  # eager is each family's own function, not a registered one
+        run = delegate
+        editor = _editors.get(id(module))
+        if editor is not None:
+            edited = editor[0].edit_mask(editor[1], module, query, key, attention_mask, kwargs,
+                                         additive=base == "eager")
+            if edited is not None:
+                attention_mask, run = edited, masked or delegate
+        output, weights = run(module, query, key, value, attention_mask, *args, **kwargs)
         entry = _active.get(id(module))
         if entry is not None:
             capture, layer = entry
             scaling = kwargs.get("scaling", args[1] if len(args) > 1 else None)
             capture.record_rows(layer, module, query, key, attention_mask, scaling, kwargs)
-        return output, None
+        return output, weights
 
     return attention
+
+
+def full_mask(module: nn.Module, mask: torch.Tensor | None, batch: int, q_len: int, kv_len: int, kwargs: dict,
+              device: torch.device) -> torch.Tensor:
+    """The whole mask of one attention call, ``[batch, 1|head, q, kv]``: boolean (True = attend) or additive float,
+    rebuilt (causal, sliding window, padding) where the model passed none or a 2-D padding mask."""
+    if mask is not None and mask.ndim == 4:
+        return mask[..., :kv_len].expand(batch, -1, -1, -1)
+    positions = torch.arange(q_len, device=device).expand(batch, q_len)
+    allowed = _allowed(module, mask, positions, batch, q_len, kv_len, kwargs, device)
+    return torch.ones(batch, 1, q_len, kv_len, dtype=torch.bool, device=device) if allowed is None else \
+        allowed.expand(batch, -1, -1, -1)
+
+
+def base_implementation(config: Any) -> str:
+    """The attention implementation the model runs with, whether or not vlm_lens has switched it."""
+    name = config._attn_implementation
+    return name[len(IMPLEMENTATION) + 1:] if name.startswith(f"{IMPLEMENTATION}:") else name
+
+
+def switch(config: Any) -> None:
+    """Route the decoder's attention through vlm_lens's function (counted: the last :func:`restore` undoes it)."""
+    with _lock:
+        entry = _switches.get(id(config))
+        if entry is None:
+            base = config._attn_implementation
+            _register(base)
+            entry = _switches[id(config)] = [config, base, 0]
+            config._attn_implementation_internal = f"{IMPLEMENTATION}:{base}"
+        entry[2] += 1
+
+
+def restore(config: Any) -> None:
+    """Undo one :func:`switch`."""
+    with _lock:
+        entry = _switches[id(config)]
+        entry[2] -= 1
+        if entry[2] == 0:
+            del _switches[id(config)]
+            config._attn_implementation_internal = entry[1]
+            _unregister(entry[1])
+
+
+def add_editor(module: nn.Module, editor: Any, layer: int) -> None:
+    """Let ``editor.edit_mask(layer, module, query, key, mask, kwargs, additive=...)`` edit ``module``'s mask
+    (it returns the edited mask, or None to leave it as it is)."""
+    with _lock:
+        _editors[id(module)] = (editor, layer)
+
+
+def remove_editors(editor: Any) -> None:
+    with _lock:
+        for key in [k for k, (e, _) in _editors.items() if e is editor]:
+            del _editors[key]
+
+
+def _eager_of(module: nn.Module) -> Callable:
+    """The eager attention function of ``module``'s family: the ``eager_attention_forward`` of the module that
+    defines its class (every transformers family and vlm_lens's mPLUG-Owl2 port have one), else LLaMA's."""
+    import sys
+
+    found = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if found is None:
+        from transformers.models.llama.modeling_llama import eager_attention_forward as found
+    return found
 
 
 def _register(base: str) -> None:

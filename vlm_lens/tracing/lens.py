@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Iterator, Sequence
 
 import torch
 
+from ..core.checks import is_integer
 from ..core.errors import VlmLensError
 
 if TYPE_CHECKING:
@@ -131,9 +132,10 @@ class Lens:
         Returns:
             ``(probs, ids)``, each ``[..., k]``, sorted by decreasing probability; on the CPU.
         """
-        if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= self.vocab_size:
+        if not is_integer(k) or not 1 <= int(k) <= self.vocab_size:
             raise VlmLensError(f"topk={k!r}: expected an integer between 1 and the vocabulary size "
                                f"({self.vocab_size}).")
+        k = int(k)
         shape = hidden.shape[:-1]
         probs = torch.empty(*shape, k).reshape(-1, k)
         ids = torch.empty(*shape, k, dtype=torch.long).reshape(-1, k)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from ..core.checks import is_integer
 from ..core.errors import VlmLensError
 from ..models.base import Adapter
 from .lens import CHUNK_BYTES, Lens
@@ -29,7 +30,8 @@ from .lens import CHUNK_BYTES, Lens
 if TYPE_CHECKING:
     from .loading import LensModel
 
-__all__ = ["CHUNK_BYTES", "LogitLens", "lens_kind", "resolve_lens", "target_token_ids"]
+__all__ = ["CHUNK_BYTES", "LogitLens", "lens_differences", "lens_kind", "lens_signature", "resolve_lens",
+           "target_token_ids"]
 
 
 class LogitLens(Lens):
@@ -100,7 +102,7 @@ def target_token_ids(tokenizer, targets: Sequence[str | int]) -> list[int]:
     unk = getattr(tokenizer, "unk_token_id", None)
     base = tokenizer.encode("is", add_special_tokens=False)
     for target in targets:
-        if isinstance(target, int) and not isinstance(target, bool):
+        if is_integer(target):
             ids.append(int(target))
             continue
         if not isinstance(target, str) or not target.strip():
@@ -117,3 +119,49 @@ def target_token_ids(tokenizer, targets: Sequence[str | int]) -> list[int]:
         raise VlmLensError("target words must each be exactly one known token; these are not: "
                            + "; ".join(problems) + ". Pass a token id instead, or a word the vocabulary holds.")
     return ids
+
+
+#: Values sampled from the output head and from the final norm by :func:`lens_signature`.
+SIGNATURE_VALUES = 32
+#: Relative tolerance of :func:`lens_differences`: a bfloat16 copy of float32 weights differs by at most 2**-8.
+SIGNATURE_RTOL = 5e-3
+
+
+def lens_signature(adapter: Adapter) -> dict[str, Any]:
+    """What the logit lens decodes with, in a few numbers: the vocabulary and model sizes, the number of decoder
+    layers, and :data:`SIGNATURE_VALUES` evenly spaced values of the output head and of the final norm.
+
+    A trace records it (``meta["lens_check"]``) so that a trace read back with another model is recognised: the
+    lens of a saved trace is only right with the final norm and output head it was recorded with.
+
+    Example:
+        >>> sig = lens_signature(m.adapter)                     # doctest: +SKIP
+        >>> sig["vocab"], sig["d_model"], len(sig["head"])       # doctest: +SKIP
+    """
+    head = adapter.output_head.weight
+    norm = getattr(adapter.final_norm, "weight", None)
+    return {"vocab": int(head.shape[0]), "d_model": int(head.shape[-1]), "n_layers": int(adapter.n_layers),
+            "head": _sampled(head), "norm": _sampled(norm)}
+
+
+def lens_differences(stored: dict[str, Any], adapter: Adapter) -> list[str]:
+    """How the model behind ``adapter`` differs from a :func:`lens_signature` recorded earlier (empty: the same
+    final norm and output head, up to a change of floating dtype)."""
+    now = lens_signature(adapter)
+    out = [f"{key}: {stored.get(key)} -> {now[key]}" for key in ("vocab", "d_model", "n_layers")
+           if stored.get(key) != now[key]]
+    for key, what in (("head", "output head"), ("norm", "final norm")):
+        old, new = stored.get(key) or [], now[key]
+        if old and new and (len(old) != len(new) or not torch.allclose(
+                torch.tensor(old, dtype=torch.float64), torch.tensor(new, dtype=torch.float64),
+                rtol=SIGNATURE_RTOL, atol=1e-6)):
+            out.append(f"{what} weights differ")
+    return out
+
+
+def _sampled(weight: torch.Tensor | None) -> list[float]:
+    if weight is None or weight.device.type == "meta" or not weight.numel():
+        return []
+    flat = weight.detach().reshape(-1)
+    index = torch.linspace(0, flat.numel() - 1, min(SIGNATURE_VALUES, flat.numel())).long().to(flat.device)
+    return [float(v) for v in flat[index].float().cpu()]

@@ -25,23 +25,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import pandas as pd
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
+from ..core.checks import is_integer, make_folder
 from ..core.errors import VlmLensError
 from ..core.spans import SEGMENTS, Span
 from .lens import Lens
+from .loading import LensModel
 from .logit_lens import resolve_lens, target_token_ids
-
-if TYPE_CHECKING:
-    from .loading import LensModel
+from .trace_checks import FORMAT_VERSION, check_model, order_problems, read_saved
 
 __all__ = ["Trace", "register_trace_accessor", "register_trace_method"]
-
-FORMAT_VERSION = 1
 
 
 @dataclass
@@ -63,7 +61,8 @@ class Trace:
         attention: ``[layer, head, query, key]`` float32 attention probabilities of the query positions over all
             ``key`` positions (keys = the whole sequence), or None; row ``i`` is decoder layer
             ``attention_layers[i]`` (0-based: its output is hidden index ``attention_layers[i] + 1``).
-        attention_layers: Decoder layer (0-based) of each row of ``attention``.
+        attention_layers: Decoder layer (0-based module index, as ``Keep(attention=[...])`` takes it) of each row
+            of ``attention``. Tables and figures number these rows by :attr:`attention_blocks` instead.
         prompt_length: Number of prompt positions; positions from there on are the response.
         meta: Where the trace came from (model name, family, prompt, generation settings).
     """
@@ -79,7 +78,7 @@ class Trace:
     attention_layers: list[int]
     prompt_length: int
     meta: dict[str, Any] = field(default_factory=dict)
-    model: "LensModel | None" = field(default=None, repr=False, compare=False)
+    model: LensModel | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         n_pos = len(self.tokens)
@@ -101,8 +100,9 @@ class Trace:
                                 f"query={n_query}, key={n_pos}]")
         if len(self.positions) and (int(self.positions.max()) >= n_pos or int(self.positions.min()) < 0):
             problems.append(f"positions outside [0, {n_pos})")
+        problems += order_problems(self, n_pos)
         if problems:
-            raise ValueError("inconsistent Trace: " + "; ".join(problems))
+            raise VlmLensError("inconsistent Trace: " + "; ".join(problems))
 
     # ------------------------------------------------------------------------------------------------- reading
     @property
@@ -120,6 +120,13 @@ class Trace:
         if self.model is None:
             return "".join(self.tokens["text"].iloc[self.prompt_length:])
         return self.model.adapter.tokenizer.decode(self.response_ids, skip_special_tokens=True).strip()
+
+    @property
+    def attention_blocks(self) -> list[int]:
+        """The layer number of each row of ``attention`` as every table and figure shows it: decoder block ``l``
+        (1 = the first), the block whose output is hidden index ``l`` of :attr:`layers` — so attention and logit
+        lens of the same layer number line up. Equal to ``[l + 1 for l in attention_layers]``."""
+        return [int(l) + 1 for l in self.attention_layers]
 
     @property
     def image_spans(self) -> list[Span]:
@@ -192,39 +199,51 @@ class Trace:
 
     # ----------------------------------------------------------------------------------------------- save/load
     def save(self, path: str | Path) -> Path:
-        """Write the trace to folder ``path`` (safetensors + parquet + json). Returns the folder."""
-        folder = Path(path)
-        folder.mkdir(parents=True, exist_ok=True)
+        """Write the trace to folder ``path`` (safetensors + parquet + json). Returns the folder.
+
+        Raises:
+            VlmLensError: ``path`` is a file, or cannot be created or written.
+        """
+        folder = make_folder(path, "path")
         tensors = {"hidden": self.hidden, "positions": self.positions, "logits": self.logits,
                    "query_positions": self.query_positions}
         if self.attention is not None:
             tensors["attention"] = self.attention
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(folder / "tensors.safetensors"))
-        self.tokens.to_parquet(folder / "tokens.parquet", index=False)
         info = {"format_version": FORMAT_VERSION, "layers": list(self.layers),
                 "attention_layers": list(self.attention_layers), "prompt_length": self.prompt_length,
                 "spans": {name: span.to_dict() for name, span in self.spans.items()}, "meta": self.meta}
-        (folder / "trace.json").write_text(json.dumps(info, indent=1, default=str))
+        try:
+            save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                      str(folder / "tensors.safetensors"))
+            self.tokens.to_parquet(folder / "tokens.parquet", index=False)
+            (folder / "trace.json").write_text(json.dumps(info, indent=1, default=str))
+        except OSError as err:
+            raise VlmLensError(f"path={str(folder)!r}: the trace could not be written ({err.strerror or err}). Pass a "
+                               "folder you can write to, on a disk with space.") from None
         return folder
 
     @classmethod
-    def load(cls, path: str | Path, model: "LensModel | None" = None) -> "Trace":
-        """Read a trace written by :meth:`save`; pass ``model`` to use the logit lens on it."""
+    def load(cls, path: str | Path, model: LensModel | None = None) -> "Trace":
+        """Read a trace written by :meth:`save`; pass ``model`` to use the logit lens on it.
+
+        Raises:
+            DamagedFileError: A file of the folder cannot be read, or its values contradict each other (the
+                message names the file and what is wrong).
+            VlmLensError: ``model`` is not the model the trace was recorded with (another vocabulary, size, output
+                head or final norm): its lens would decode these hidden states with another model's head.
+        """
         folder = Path(path)
-        missing = [n for n in ("tensors.safetensors", "tokens.parquet", "trace.json") if not (folder / n).exists()]
+        missing = [n for n in ("tensors.safetensors", "tokens.parquet", "trace.json") if not (folder / n).is_file()]
         if missing:
             raise VlmLensError(f"{str(folder)!r} is not a saved trace: missing {', '.join(missing)}.")
-        info = json.loads((folder / "trace.json").read_text())
-        if info.get("format_version") != FORMAT_VERSION:
-            raise VlmLensError(f"{folder}: trace format {info.get('format_version')} is not {FORMAT_VERSION}; "
-                               "re-create it with this version of vlm_lens.")
-        tensors = load_file(str(folder / "tensors.safetensors"))
-        return cls(tokens=pd.read_parquet(folder / "tokens.parquet"),
-                   spans={k: Span.from_dict(v) for k, v in info["spans"].items()},
-                   hidden=tensors["hidden"], layers=info["layers"], positions=tensors["positions"],
-                   logits=tensors["logits"], query_positions=tensors["query_positions"],
-                   attention=tensors.get("attention"), attention_layers=info["attention_layers"],
-                   prompt_length=info["prompt_length"], meta=info["meta"], model=model)
+        if model is not None and not isinstance(model, LensModel):
+            raise VlmLensError(f"model: expected the result of vl.load(...) or vl.wrap(...) (or None), got "
+                               f"{type(model).__name__}.")
+        trace = read_saved(cls, folder)
+        if model is not None:
+            check_model(trace, model, folder)
+            trace.model = model
+        return trace
 
     # ------------------------------------------------------------------------------------------------ helpers
     def _lens(self, lens: "Lens | None" = None, layers: Sequence[int] | None = None) -> tuple["Lens", Any]:
@@ -242,7 +261,7 @@ class Trace:
 
     def _resolve_position(self, p: int) -> int:
         n = len(self.tokens)
-        if not isinstance(p, int) and not (isinstance(p, torch.Tensor) and p.ndim == 0):
+        if not is_integer(p):
             raise VlmLensError(f"positions: expected integers, got {p!r}.")
         p = int(p)
         if not -n <= p < n:

@@ -9,6 +9,10 @@ for every position in one place.
 Batches are left padded (as ``generate`` needs); position ids count real tokens only, so each sample's Trace equals
 the one it gets alone. Every position in a returned Trace is a position of that sample's own, unpadded sequence.
 
+Interventions (``intervene=``, :mod:`vlm_lens.tracing.interventions`) act in every forward: each generation step and
+the teacher-forced pass (:mod:`vlm_lens.tracing.editing`), per sample. ``response=`` traces a given answer instead
+of generating one, so that one generated answer can be traced under many interventions in one batch.
+
 Example:
     >>> import vlm_lens as vl
     >>> m = vl.load("checkpoints/llava-1.5-7b-hf")                           # doctest: +SKIP
@@ -26,15 +30,21 @@ from typing import Any, Sequence
 import pandas as pd
 import torch
 
+from ..core.checks import as_bool, as_text
 from ..core.errors import VlmLensError
 from ..core.images import ImageLike, load_image
 from ..core.sampling import RowSampler
 from ..core.spans import Span
 from ..core.version import __version__
 from ..models.base import Encoded, Prompt
+from .editing import Editing, described
 from .hooks import Recorder
+from .interventions import bind
 from .loading import LensModel
+from .positions import SequenceView
+from .logit_lens import lens_signature
 from .record import Trace
+from .responses import given_responses
 from .settings import Generation, Keep
 
 __all__ = ["trace"]
@@ -45,7 +55,8 @@ ImageEntry = ImageLike | Sequence[ImageLike] | None
 @torch.no_grad()
 def trace(model: LensModel, image: ImageEntry | Sequence[ImageEntry], prompt: str | Sequence[str], *,
           generate: int | bool | Generation = 0, prefill: str | None = None, system: str | None = None,
-          template: bool = True, keep: Keep = Keep()) -> Trace | list[Trace]:
+          template: bool = True, keep: Keep = Keep(), intervene: Any = None,
+          response: Any = None) -> Trace | list[Trace]:
     """Trace one prompt — or, given a list of prompts, a batch in one left-padded forward.
 
     Args:
@@ -64,6 +75,12 @@ def trace(model: LensModel, image: ImageEntry | Sequence[ImageEntry], prompt: st
         system: A system prompt, where the chat template has a place for it.
         template: False to use each prompt verbatim (it must then contain the image placeholders).
         keep: What the forward keeps (layers, positions, attention rows, dtype/device): a :class:`~vlm_lens.Keep`.
+        intervene: Interventions applied to every forward (each generation step and the teacher-forced pass): a
+            list of :func:`~vlm_lens.knockout`, :func:`~vlm_lens.ablate`, :func:`~vlm_lens.patch`; with a list of
+            prompts, either one list for all or one list (or None) per prompt. The Trace holds the intervened
+            states and lists the interventions in ``meta["interventions"]``.
+        response: Trace this answer instead of generating one (teacher-forced, labelled ``response``): token ids,
+            or a Trace whose answer to take; with a list of prompts, one entry per prompt. Needs ``generate=0``.
 
     Returns:
         A :class:`~vlm_lens.Trace`, or one per prompt for a list of prompts; each equals the Trace its sample gets
@@ -81,13 +98,17 @@ def trace(model: LensModel, image: ImageEntry | Sequence[ImageEntry], prompt: st
         raise VlmLensError(f"keep={keep!r}: expected a vl.Keep(...) (layers, positions, query_positions, attention, "
                            "dtype, device).")
     generation = Generation.of(generate)
+    prefill, system = as_text(prefill, "prefill"), as_text(system, "system")
+    template = as_bool(template, "template")
     if isinstance(prompt, (list, tuple)):
         if not isinstance(image, (list, tuple)) or len(image) != len(prompt):
             raise VlmLensError(f"a list of {len(prompt)} prompts needs a list of as many images (one image, a "
                                f"list of images, or None per prompt); got {type(image).__name__}"
                                f"{f' of length {len(image)}' if isinstance(image, (list, tuple)) else ''}.")
-        return _trace_batch(model, list(image), list(prompt), generation, prefill, system, template, keep)
-    return _trace_batch(model, [image], [prompt], generation, prefill, system, template, keep)[0]
+        return _trace_batch(model, list(image), list(prompt), generation, prefill, system, template, keep,
+                            intervene, given_responses(model, response, len(prompt), generation))
+    return _trace_batch(model, [image], [prompt], generation, prefill, system, template, keep,
+                        intervene, given_responses(model, response, None, generation))[0]
 
 
 @dataclass
@@ -102,6 +123,8 @@ class _Prepared:
     hidden_layers: list[int]
     attention_layers: list[int]
     keep: Keep
+    interventions: list[list[Any]]
+    lens_check: dict[str, Any]
 
 
 @dataclass
@@ -118,18 +141,36 @@ class _Sequences:
 
 
 def _trace_batch(model: LensModel, images: list[Any], prompts: list[str], generation: Generation | None,
-                 prefill: str | None, system: str | None, template: bool, keep: Keep) -> list[Trace]:
-    prepared = _prepare(model, images, prompts, generation, prefill, system, template, keep)
-    responses = (_generate(model, prepared.encoded, generation, prepared.seeds) if generation is not None
-                 else [[] for _ in prompts])
+                 prefill: str | None, system: str | None, template: bool, keep: Keep, intervene: Any = None,
+                 given: list[list[int]] | None = None) -> list[Trace]:
+    prepared = _prepare(model, images, prompts, generation, prefill, system, template, keep, intervene)
+    applied = None
+    if generation is not None:
+        responses, applied = _generate(model, prepared, generation)
+    else:
+        responses = given if given is not None else [[] for _ in prompts]
     sequences = _sequences(model, prepared.encoded, responses, keep)
-    recorder, logits = _forward(model, prepared, sequences)
-    return [_record(model, prepared, sequences, recorder, logits, i, generation, prefill, system)
-            for i in range(len(prompts))]
+    recorder, logits, resolved = _forward(model, prepared, sequences)
+    samples = range(len(prompts))
+    hidden = _split(recorder.hidden, prepared.hidden_layers, [(i, slice(len(sequences.kept[i]))) for i in samples])
+    rows: list[torch.Tensor | None] = [None] * len(prompts)
+    if prepared.attention_layers:
+        rows = list(_split(recorder.rows, prepared.attention_layers,
+                           [(i, slice(None), slice(len(sequences.queries[i])), slice(sequences.pads[i], None))
+                            for i in samples]))
+    traces = [_record(model, prepared, sequences, hidden[i], rows[i], logits, i, generation, prefill, system)
+              for i in samples]
+    for i, t in enumerate(traces):
+        if prepared.interventions[i]:
+            t.meta["interventions"] = described(prepared.interventions[i], resolved[i],
+                                                None if applied is None else applied[i], len(sequences.ids[i]) - 1)
+        if given is not None:
+            t.meta["response_given"] = True
+    return traces
 
 
 def _prepare(model: LensModel, images: list[Any], prompts: list[str], generation: Generation | None,
-             prefill: str | None, system: str | None, template: bool, keep: Keep) -> _Prepared:
+             prefill: str | None, system: str | None, template: bool, keep: Keep, intervene: Any = None) -> _Prepared:
     """Check the arguments, render the prompts and encode the batch (before anything runs on the model)."""
     if len(images) != len(prompts):
         raise VlmLensError(f"{len(images)} image entries for {len(prompts)} prompts; pass one entry (an image, a list "
@@ -149,7 +190,10 @@ def _prepare(model: LensModel, images: list[Any], prompts: list[str], generation
         seeds = list(_seeds(generation.seed, len(prompts)))
     encoded = adapter.encode(pictures, rendered)
     _check_length(adapter, encoded, generation.max_new_tokens if generation is not None else 0)
-    return _Prepared(prompts, images, rendered, encoded, seeds, hidden_layers, attention_layers, keep)
+    spans = [_spans(encoded.image_spans[i], encoded.segments[i], n) for i, n in enumerate(encoded.lengths)]
+    interventions = bind(intervene, len(prompts), adapter, spans, generation is not None)
+    return _Prepared(prompts, images, rendered, encoded, seeds, hidden_layers, attention_layers, keep, interventions,
+                     lens_signature(adapter))
 
 
 def _sequences(model: LensModel, encoded: Encoded, responses: list[list[int]], keep: Keep) -> _Sequences:
@@ -170,8 +214,9 @@ def _sequences(model: LensModel, encoded: Encoded, responses: list[list[int]], k
     return _Sequences(ids, responses, input_ids, attention_mask, pads, queries, kept)
 
 
-def _forward(model: LensModel, prepared: _Prepared, sequences: _Sequences) -> tuple[Recorder, torch.Tensor]:
-    """The teacher-forced pass with the recorder installed: ``(recorder, logits [batch, query, vocab])``."""
+def _forward(model: LensModel, prepared: _Prepared, sequences: _Sequences) -> tuple[Recorder, torch.Tensor, list]:
+    """The teacher-forced pass with the interventions and the recorder installed: ``(recorder, logits [batch, query,
+    vocab], per sample the positions each intervention acted on)``."""
     adapter = model.adapter
     query_index = _padded_index(sequences.queries, sequences.pads)
     keep_index = _padded_index(sequences.kept, sequences.pads)
@@ -188,24 +233,40 @@ def _forward(model: LensModel, prepared: _Prepared, sequences: _Sequences) -> tu
     recorder = Recorder(adapter, prepared.hidden_layers, query_index if prepared.attention_layers else None,
                         prepared.attention_layers, dtype=prepared.keep.dtype, device=prepared.keep.device,
                         keep_index=keep_index)
-    with recorder:
+    views = [_view(model, prepared, i, ids, response, True)
+             for i, (ids, response) in enumerate(zip(sequences.ids, sequences.responses))]
+    editing = Editing(adapter, prepared.interventions, views, sequences.pads)
+    with editing, recorder:
         output = model.model(**forward, use_cache=False)
     logits = output.logits
     if "logits_to_keep" not in forward:
         logits = torch.gather(logits, 1, query_index.to(logits.device)[..., None].expand(-1, -1, logits.shape[-1]))
-    return recorder, logits
+    return recorder, logits, editing.resolved
 
 
-def _record(model: LensModel, prepared: _Prepared, sequences: _Sequences, recorder: Recorder, logits: torch.Tensor,
-            i: int, generation: Generation | None, prefill: str | None, system: str | None) -> Trace:
-    """The Trace of sample ``i``: its unpadded positions only."""
+def _split(stored: dict[int, torch.Tensor], keys: list[int], where: list[tuple]) -> list[torch.Tensor]:
+    """Per sample ``i``: ``torch.stack([stored[k][where[i]] for k in keys])``, built one key (layer) at a time and
+    dropping each stored tensor once it is copied, so that memory peaks at what is kept plus one layer — not at
+    twice what is kept, as stacking every sample while the recorder still holds every layer would."""
+    out: list[torch.Tensor] = []
+    for j, key in enumerate(keys):
+        layer = stored.pop(key)
+        for i, index in enumerate(where):
+            piece = layer[index]
+            if j == 0:
+                out.append(piece.new_empty((len(keys), *piece.shape)))
+            out[i][j] = piece
+        del layer
+    return out
+
+
+def _record(model: LensModel, prepared: _Prepared, sequences: _Sequences, hidden: torch.Tensor,
+            rows: torch.Tensor | None, logits: torch.Tensor, i: int, generation: Generation | None,
+            prefill: str | None, system: str | None) -> Trace:
+    """The Trace of sample ``i``: its unpadded positions only (``hidden`` and ``rows`` already cut to them)."""
     adapter = model.adapter
-    seq, pad = sequences.ids[i], sequences.pads[i]
-    n_query, n_kept = len(sequences.queries[i]), len(sequences.kept[i])
-    hidden = torch.stack([recorder.hidden[l][i, :n_kept] for l in prepared.hidden_layers])
-    rows = None
-    if prepared.attention_layers:
-        rows = torch.stack([recorder.rows[l][i, :, :n_query, pad:] for l in prepared.attention_layers])
+    seq = sequences.ids[i]
+    n_query = len(sequences.queries[i])
     prompt_length = prepared.encoded.lengths[i]
     segments = prepared.encoded.segments[i] + ["response"] * len(sequences.responses[i])
     return Trace(
@@ -223,29 +284,45 @@ def _record(model: LensModel, prepared: _Prepared, sequences: _Sequences, record
               "do_sample": bool(generation is not None and generation.do_sample),
               "temperature": generation.temperature if generation is not None else 1.0,
               "top_p": generation.top_p if generation is not None else 1.0, "seed": prepared.seeds[i],
-              "system": system, "vlm_lens_version": __version__},
+              "system": system, "vlm_lens_version": __version__, "lens_check": dict(prepared.lens_check)},
         model=model)
 
 
 # ------------------------------------------------------------------------------------------------- generation
-def _generate(model: LensModel, encoded: Encoded, generation: Generation, seeds: list[int | None]) -> list[list[int]]:
-    """The generated answer of every sample (up to and including its end-of-sequence token)."""
+def _generate(model: LensModel, prepared: _Prepared, generation: Generation) -> tuple[list[list[int]], list]:
+    """The generated answer of every sample (up to and including its end-of-sequence token), and where each
+    intervention acted during generation."""
     from transformers import LogitsProcessorList
 
-    adapter = model.adapter
+    adapter, encoded, seeds = model.adapter, prepared.encoded, prepared.seeds
     kwargs: dict[str, Any] = {"max_new_tokens": generation.max_new_tokens, "do_sample": False,
                               "pad_token_id": adapter.pad_token_id}
     if adapter.placeholder_ids:
         # A generated image placeholder would be replaced by image features in the teacher-forced pass, so the
         # traced sequence would not be the generated one; the placeholder is never a valid answer token.
         kwargs["suppress_tokens"] = adapter.placeholder_ids
+    suppressed = kwargs.get("suppress_tokens", [])
     kwargs.update(generation.kwargs)
+    if isinstance(kwargs.get("suppress_tokens"), (list, tuple)):  # the user's, and still never the placeholder
+        kwargs["suppress_tokens"] = sorted({*suppressed, *kwargs["suppress_tokens"]})
     if generation.do_sample:
         # generate(do_sample=True) draws every row from one random stream, so a row's answer would depend on its
         # batch; each row draws from its own generator instead, and greedy decoding emits the drawn token.
         sampler = RowSampler([int(s) for s in seeds if s is not None], generation.temperature, generation.top_p)
         kwargs["logits_processor"] = LogitsProcessorList([*kwargs.get("logits_processor", []), sampler])
-    output = model.model.generate(**_to(adapter.generate_inputs(encoded), model.device), **kwargs)
+    width = encoded.input_ids.shape[1]
+    views = [_view(model, prepared, i, encoded.input_ids[i][encoded.attention_mask[i].bool()].tolist(), [], False)
+             for i in range(len(encoded.lengths))]
+    editing = Editing(adapter, prepared.interventions, views, [width - n for n in encoded.lengths])
+    try:
+        with editing:
+            output = model.model.generate(**_to(adapter.generate_inputs(encoded), model.device), **kwargs)
+    except (TypeError, ValueError) as err:
+        if not generation.kwargs or isinstance(err, VlmLensError):
+            raise
+        raise VlmLensError(f"Generation(kwargs={dict(generation.kwargs)!r}): model.generate refused them "
+                           f"({' '.join(str(err).split())[:300]}). Check the names and values of these arguments of "
+                           "transformers' generate.") from None
     sequences = output if isinstance(output, torch.Tensor) else output.sequences
     new = sequences[:, encoded.input_ids.shape[1]:].tolist()
     eos = adapter.eos_token_ids
@@ -253,7 +330,17 @@ def _generate(model: LensModel, encoded: Encoded, generation: Generation, seeds:
     for row in new:
         end = next((k + 1 for k, token in enumerate(row) if token in eos), len(row))
         responses.append(row[:end])
-    return responses
+    return responses, editing.applied
+
+
+def _view(model: LensModel, prepared: _Prepared, i: int, ids: list[int], response: list[int],
+          complete: bool) -> SequenceView:
+    """Sample ``i``'s sequence ``ids`` (prompt + ``response``) as interventions resolve positions on it."""
+    encoded = prepared.encoded
+    segments = encoded.segments[i] + ["response"] * len(response)
+    return SequenceView(tuple(ids), tuple(segments), _spans(encoded.image_spans[i], segments, encoded.lengths[i]),
+                        encoded.lengths[i], complete, model)
+
 
 
 def _seeds(seed: int | Sequence[int] | None, n: int) -> list[int]:

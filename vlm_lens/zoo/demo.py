@@ -7,16 +7,16 @@ to ``out``:
 ==================================  ==========================================================================
 ``summary.csv``                     one row per image and checkpoint: ground truth (synthetic images), answer,
                                     level, Q-Align score, first lens layer where the level is top-1, attention
-                                    mass of the deciding position on image and description tokens
+                                    mass of the decision position on image and description tokens
 ``<image>/<checkpoint>_latent.png`` latent-output heatmap over the answer (the lens's top-1 per layer)
 ``<image>/<checkpoint>_topk.png``   top-5 lens candidates per layer where the level word is chosen
 ``<image>/compare.png``             both checkpoints: level-word probabilities by layer, attention by segment
 ``<image>/compare_latent.png``      both latent-output heatmaps on one colour scale
-``attention_by_segment.png``        attention of the deciding position by segment, per layer, mean over images
+``attention_by_segment.png``        attention of the decision position by segment, per layer, mean over images
 ``<image>.png``                     the image itself
 ==================================  ==========================================================================
 
-The *deciding position* is the one whose logits choose the level word (the token before it): the Q-Align score,
+The *decision position* is the one whose logits choose the level word (the token before it): the Q-Align score,
 the top-k figure, the level-word lines and the attention mass are all read there.
 
 Example:
@@ -133,15 +133,15 @@ def demo(out: str | Path = "vlm_lens_demo", images: Sequence[Any] = (), *, n: in
 
 # ----------------------------------------------------------------------------------------------------- reading
 def _read(t) -> dict:
-    """Level, score, deciding position and first top-1 lens layer (:func:`vlm_lens.zoo.measure.read`), and the
+    """Level, score, decision position and first top-1 lens layer (:func:`vlm_lens.zoo.measure.read`), and the
     attention there by segment."""
     from .measure import read
 
     reading = read(t)
-    out = {"level": reading.level, "score": reading.score, "predict": reading.decision, "mass": None,
+    out = {"level": reading.level, "score": reading.score, "decision": reading.decision, "mass": None,
            "first_top1": reading.lens_first_top1}
     if reading.level is not None:
-        out["mass"] = t.attention_mass(query="predict").groupby(["layer", "segment"], as_index=False)["mass"].mean()
+        out["mass"] = t.attention_mass(query="decision").groupby(["layer", "segment"], as_index=False)["mass"].mean()
     return out
 
 
@@ -165,7 +165,7 @@ def _figures(folder: Path, pair: dict, readings: dict) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for short, t in pair.items():
         plot.save(plot.latent_output(t, positions="response", context=2), folder / f"{short}_latent.png", dpi=120)
-        plot.save(plot.topk(t, position=readings[short]["predict"], k=5), folder / f"{short}_topk.png", dpi=120)
+        plot.save(plot.topk(t, position=readings[short]["decision"], k=5), folder / f"{short}_topk.png", dpi=120)
     (a_name, a), (b_name, b) = pair.items()
     plot.save(plot.compare(a, b, "latent_output", names=(a_name, b_name), positions="response", context=2),
               folder / "compare_latent.png", dpi=120)
@@ -174,7 +174,7 @@ def _figures(folder: Path, pair: dict, readings: dict) -> None:
 
 def _compare_figure(pair: dict, readings: dict):
     """Two columns (one per checkpoint): level-word probabilities by layer, and attention by segment, at the
-    deciding position; rows share their scales."""
+    decision position; rows share their scales."""
     from ..plot import draw_attention_mass, draw_target_words
     from ..plot.style import new_figure, style
 
@@ -184,20 +184,20 @@ def _compare_figure(pair: dict, readings: dict):
         for column, (short, t) in enumerate(pair.items()):
             reading = readings[short]
             top, bottom = axes[0][column], axes[1][column]
-            if reading["predict"] is None:
+            if reading["decision"] is None:
                 top.set_title(f"{short}: no level word in the answer")
                 top.set_axis_off()
                 bottom.set_axis_off()
                 continue
-            draw_target_words(top, t.lens_targets(list(LEVELS), positions=[reading["predict"]]), ylim=(0.0, 1.0))
+            draw_target_words(top, t.lens_targets(list(LEVELS), positions=[reading["decision"]]), ylim=(0.0, 1.0))
             top.set_title(f"{short}: says {reading['level']!r} (score {reading['score']:.2f})")
             draw_attention_mass(bottom, reading["mass"])
-            bottom.set_title(f"{short}: attention of position {reading['predict']} by segment")
+            bottom.set_title(f"{short}: attention of the decision position {reading['decision']} by segment")
     return fig
 
 
 def _attention_figure(masses: pd.DataFrame, path: Path) -> None:
-    """Mean over images of the deciding position's attention by segment, one panel per checkpoint."""
+    """Mean over images of the decision position's attention by segment, one panel per checkpoint."""
     from ..plot import draw_attention_mass, save
     from ..plot.style import new_figure, style
 
@@ -208,7 +208,8 @@ def _attention_figure(masses: pd.DataFrame, path: Path) -> None:
         axes = fig.subplots(1, mean["checkpoint"].nunique(), sharey=True, squeeze=False)[0]
         for ax, (short, table) in zip(axes, mean.groupby("checkpoint", sort=False)):
             draw_attention_mass(ax, table)
-            ax.set_title(f"{short}: where the level word is decided (mean of {images} images)")
+            ax.set_title(f"{short}: where the level word is decided (mean of {images} "
+                         f"image{'s' if images != 1 else ''})")
     save(fig, path, dpi=120)
 
 

@@ -82,7 +82,7 @@ def read(trace: Trace, *, lens: bool = True) -> Reading:
                        None, None)
     quality = iqa_quality(trace, LEVELS_WORST_FIRST, [LEVEL_WEIGHTS[w] for w in LEVELS_WORST_FIRST],
                           layout=layout).iloc[0]
-    level_pos, decision = layout.level_pos, layout.predict_pos
+    level_pos, decision = layout.level_pos, layout.decision_pos
     sentence_start = layout.answer.start if layout.answer is not None else level_pos
     texts = [t.strip().lower() for t in trace.tokens["text"]]
     description = " ".join(texts[trace.prompt_length:sentence_start])

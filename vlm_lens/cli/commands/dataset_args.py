@@ -9,7 +9,7 @@ from typing import Any
 
 from ..usage import DATASET_SUFFIXES, UsageError
 
-__all__ = ["check_sampling", "dataset_of", "instability_of", "question_of"]
+__all__ = ["check_decided", "check_sampling", "dataset_of", "instability_of", "question_of"]
 
 
 def check_sampling(args: argparse.Namespace, asked: bool, fix: str) -> None:
@@ -18,6 +18,16 @@ def check_sampling(args: argparse.Namespace, asked: bool, fix: str) -> None:
     if given and not asked:
         raise UsageError(f"{', '.join(given)} set(s) the sampled answers of the instability analysis, which is not "
                           f"asked for; {fix} (see vlm-lens {args.command} --help)")
+
+
+def check_decided(args: argparse.Namespace, reads_level: bool) -> None:
+    """``--no-prefill`` without ``--generate``: nothing would hold a level, and a score read at the last prompt
+    position (where the model is about to write "the") would be a number without a meaning. Refused as bad usage."""
+    if reads_level and not args.prefill and not args.generate:
+        raise UsageError("--no-prefill without --generate: the level is neither prefilled nor generated, so there is "
+                         "no position where the model decides it; add --generate N (e.g. 48) to read the level in "
+                         "the generated answer, or drop --no-prefill (Q-Align: the answer starts with 'The quality "
+                         "of the image is')")
 
 
 def dataset_of(args: argparse.Namespace):

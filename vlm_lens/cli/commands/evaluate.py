@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
-
 from ..progress import Steps
-from .dataset_args import check_sampling, dataset_of, instability_of, question_of
+from .dataset_args import check_decided, check_sampling, dataset_of, instability_of, question_of
 from .tables import correlations_text
 
 __all__ = ["eval_command"]
@@ -15,11 +13,14 @@ __all__ = ["eval_command"]
 
 def eval_command(args: argparse.Namespace) -> int:
     check_sampling(args, args.samples is not None, "ask for it with --samples K")
+    check_decided(args, reads_level=True)
     dataset = dataset_of(args)
     question = question_of(args)
     instability = instability_of(args, question) if args.samples is not None else None  # bad settings fail now
-    with Steps(2 + (instability is not None) + (args.out is not None), "vlm-lens eval") as steps:
+    with Steps(2 + (instability is not None) + (args.out is not None), "vlm-lens eval",
+               args.verbose) as steps:
         from ...biqa.evaluation import evaluate
+        from ...core.checks import make_folder
         from ...runs import run
         from ...tracing import load
 
@@ -45,8 +46,7 @@ def eval_command(args: argparse.Namespace) -> int:
                         + tables["instability"].round(4).to_string(index=False))
         if args.out is not None:
             steps.next("writing the tables")
-            out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
+            out = make_folder(args.out, "--out")
             for name, frame in tables.items():
                 frame.to_csv(out / f"{name}.csv", index=False)
             steps.write("wrote:\n" + "\n".join(f"  {out / name}.csv" for name in tables))
