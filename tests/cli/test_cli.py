@@ -126,7 +126,7 @@ def test_dataset_command_failures_exit_1_in_one_line(argv, message, tmp_path, ca
 def test_the_analysis_names_are_the_analyses(capsys):
     assert set(ANALYSES) == {getattr(analyses, name).name for name in analyses.__all__ if name != "Reducer"}
     assert main(["run", "--help"]) == 0
-    assert ",".join(ANALYSES) in " ".join(capsys.readouterr().out.split())
+    assert ", ".join(ANALYSES) in " ".join(capsys.readouterr().out.split())  # listed in order, whatever the width
 
 
 # ----------------------------------------------------------------------------------------- dataset commands

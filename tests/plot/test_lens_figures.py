@@ -57,12 +57,12 @@ def test_latent_output_through_the_tuned_lens(traced):
 def test_topk_target_words_and_patches_through_the_tuned_lens(traced):
     t, lens = traced
     position = t.prompt_length - 1
-    ax = axes(plot.topk(t, k=3, lens=lens), "topk")
+    ax = axes(plot.topk(t, position, k=3, lens=lens), "topk")
     table = t.lens(topk=3, positions=[position], lens=lens)
     assert [x.get_text() for x in ax.texts] == [f"{token_label(w, 10)} {p:.2f}" for w, p in zip(table.token,
                                                                                                  table.prob)]
     assert ax.get_title().startswith("tuned lens top-3")
-    lines = axes(plot.target_words(t, ["good", "poor"], lens=lens), "target_words")
+    lines = axes(plot.target_words(t, ["good", "poor"], position, lens=lens), "target_words")
     targets = t.lens_targets(["good", "poor"], positions=[position], lens=lens)
     for line, word in zip(lines.get_lines(), ["good", "poor"]):
         np.testing.assert_allclose(line.get_ydata(), targets[targets.target == word].prob, rtol=1e-6)

@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=_folder, required=True, metavar="DIR",
                      help="run folder; an unfinished run there is resumed, a finished one is loaded, not recomputed")
     run.add_argument("--analyses", type=_analysis_names, default=["quality", "attention"], metavar="A,B",
-                     help=f"comma-separated, from {','.join(ANALYSES)} (default: quality,attention)")
+                     help=f"comma-separated, from {', '.join(ANALYSES)} (default: quality,attention)")
     run.add_argument("--batch-size", type=_positive, default=8, metavar="N", help="samples per forward (default: 8)")
     run.add_argument("--checkpoint-every", type=_positive, default=64, metavar="N",
                      help="samples between checkpoints (default: 64)")
