@@ -88,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "vlm-lens run ckpt/llava-1.5-7b-hf q-align/test_live.json --dmos --out runs/live",
                    "vlm-lens run zoo:tiny-biqa-two-stage data.csv --out runs/effects --analyses knockout,patching "
                    "--patch-source zoo:tiny-biqa-one-stage --window 2",
-                   "vlm-lens run ckpt/ scores.csv --image-column image_name --score-column MOS --out runs/x"], run_command)
+                   "vlm-lens run ckpt/ scores.csv --image-column image_name --score-column MOS --out runs/x"],
+                  run_command)
     run.add_argument("model", metavar="MODEL", help="checkpoint folder, hub id, or zoo:NAME")
     run.add_argument("dataset", metavar="DATASET", help="a .csv, or a .json list (Q-Align's format)")
     run.add_argument("--out", type=_folder, required=True, metavar="DIR",
@@ -135,7 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = command("eval", "IQA scores: SRCC / PLCC (+ instability with --samples) of a model on a dataset",
                        ["vlm-lens eval ckpt/llava-1.5-7b-hf koniq_test.csv",
                         "vlm-lens eval ckpt/llava-1.5-7b-hf q-align/test_csiq.json --dmos --out eval/csiq",
-                        "vlm-lens eval ckpt/llava-1.5-7b-hf koniq_test.csv --samples 8 --temperature 1.0"], eval_command)
+                        "vlm-lens eval ckpt/llava-1.5-7b-hf koniq_test.csv --samples 8 --temperature 1.0"],
+                       eval_command)
     evaluate.add_argument("model", metavar="MODEL", help="checkpoint folder, hub id, or zoo:NAME")
     evaluate.add_argument("dataset", metavar="DATASET", help="a .csv, or a .json list (Q-Align's format)")
     evaluate.add_argument("--out", type=_folder, metavar="DIR",

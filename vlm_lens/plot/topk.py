@@ -64,7 +64,8 @@ def topk(trace: "Trace", position: int | None = None, *, k: int = 5, layers: Seq
         fig = new_figure(1.2 + 1.45 * k, 1.5 + 0.27 * len(chosen))
         ax = fig.add_subplot()
         draw_topk(ax, table, final_id, max_label=max_label)
-        ax.set_title(f"{trace_data.lens_name(lens)} top-{k} at the {where}\nfinal output {token_label(final, 16)!r} highlighted")
+        ax.set_title(f"{trace_data.lens_name(lens)} top-{k} at the {where}\n"
+                     f"final output {token_label(final, 16)!r} highlighted")
     if path is not None:
         save(fig, path)
     return fig

@@ -66,8 +66,8 @@ class Recorder:
         device: device of the stored hidden states (None: where computed).
         keep_index: ``[batch, kept]`` positions whose hidden states are stored; None for all.
 
-    After the block, ``hidden[i]`` is ``[batch, pos, d_model]`` (``pos`` = the kept positions) and ``rows[l]`` is ``[batch, head, query, key]``
-    (float32) for the last forward that ran.
+    After the block, ``hidden[i]`` is ``[batch, pos, d_model]`` (``pos`` = the kept positions) and ``rows[l]`` is
+    ``[batch, head, query, key]`` (float32) for the last forward that ran.
     """
 
     adapter: Adapter

@@ -32,7 +32,7 @@ import torch
 
 from ..core.checks import as_bool, as_text
 from ..core.errors import VlmLensError
-from ..core.images import ImageLike, load_image
+from ..core.images import ImageLike
 from ..core.sampling import RowSampler
 from ..core.spans import Span
 from ..core.version import __version__
@@ -41,11 +41,21 @@ from .editing import Editing, described
 from .hooks import Recorder
 from .interventions import bind
 from .loading import LensModel
-from .positions import SequenceView
 from .logit_lens import lens_signature
+from .positions import SequenceView
 from .record import Trace
 from .responses import given_responses
 from .settings import Generation, Keep
+from .trace_arguments import (
+    as_list,
+    attention_layers as chosen_attention_layers,
+    check_indices,
+    check_length,
+    default_queries,
+    describe_image,
+    images_of,
+    resolve_indices,
+)
 
 __all__ = ["trace"]
 
@@ -180,16 +190,16 @@ def _prepare(model: LensModel, images: list[Any], prompts: list[str], generation
             raise VlmLensError(f"prompts[{i}]: expected a string, got {type(prompt).__name__}.")
     adapter = model.adapter
     n_layers = adapter.n_layers
-    hidden_layers = _check_indices(keep.layers, n_layers + 1, "keep.layers", "hidden-state indices 0..n_layers")
-    attention_layers = _attention_layers(keep.attention, n_layers)
-    pictures = [_images_of(entry, i) for i, entry in enumerate(images)]
+    hidden_layers = check_indices(keep.layers, n_layers + 1, "keep.layers", "hidden-state indices 0..n_layers")
+    attention_layers = chosen_attention_layers(keep.attention, n_layers)
+    pictures = [images_of(entry, i) for i, entry in enumerate(images)]
     rendered = [_prefilled(adapter.format_prompt(p, len(pics), system=system, template=template), prefill)
                 for p, pics in zip(prompts, pictures)]
     seeds: list[int | None] = [None] * len(prompts)
     if generation is not None and generation.do_sample:
         seeds = list(_seeds(generation.seed, len(prompts)))
     encoded = adapter.encode(pictures, rendered)
-    _check_length(adapter, encoded, generation.max_new_tokens if generation is not None else 0)
+    check_length(adapter, encoded, generation.max_new_tokens if generation is not None else 0)
     spans = [_spans(encoded.image_spans[i], encoded.segments[i], n) for i, n in enumerate(encoded.lengths)]
     interventions = bind(intervene, len(prompts), adapter, spans, generation is not None)
     return _Prepared(prompts, images, rendered, encoded, seeds, hidden_layers, attention_layers, keep, interventions,
@@ -207,9 +217,9 @@ def _sequences(model: LensModel, encoded: Encoded, responses: list[list[int]], k
     for i, seq in enumerate(ids):
         input_ids[i, pads[i]:] = torch.tensor(seq, dtype=torch.long)
         attention_mask[i, pads[i]:] = 1
-    queries = [_resolve(keep.query_positions, len(s), "keep.query_positions") if keep.query_positions is not None
-               else _default_queries(p, len(s)) for s, p in zip(ids, encoded.lengths)]
-    kept = [_resolve(keep.positions, len(s), "keep.positions") if keep.positions is not None
+    queries = [resolve_indices(keep.query_positions, len(s), "keep.query_positions") if keep.query_positions is not None
+               else default_queries(p, len(s)) for s, p in zip(ids, encoded.lengths)]
+    kept = [resolve_indices(keep.positions, len(s), "keep.positions") if keep.positions is not None
             else list(range(len(s))) for s in ids]
     return _Sequences(ids, responses, input_ids, attention_mask, pads, queries, kept)
 
@@ -279,7 +289,7 @@ def _record(model: LensModel, prepared: _Prepared, sequences: _Sequences, hidden
         prompt_length=prompt_length,
         meta={"model": model.name, "family": adapter.family, "prompt": prepared.prompts[i],
               "rendered_prompt": prepared.rendered[i].text,
-              "images": [_describe(x) for x in _as_list(prepared.images[i])], "prefill": prefill,
+              "images": [describe_image(x) for x in as_list(prepared.images[i])], "prefill": prefill,
               "generate": generation.max_new_tokens if generation is not None else 0,
               "do_sample": bool(generation is not None and generation.do_sample),
               "temperature": generation.temperature if generation is not None else 1.0,
@@ -362,70 +372,6 @@ def _prefilled(prompt: Prompt, prefill: str | None) -> Prompt:
     if " ".join(text.split()).lower().endswith(" ".join(prefill.split()).lower()):
         return prompt  # the prompt format already ends with it (e.g. mPLUG-Owl2's "q-align" format)
     return Prompt(text + ("" if text[-1:].isspace() else " ") + prefill, prompt.instruction_spans)
-
-
-# ------------------------------------------------------------------------------------------------- validation
-def _check_indices(values: Sequence[int] | None, size: int, name: str, meaning: str) -> list[int]:
-    if values is None:
-        return list(range(size))
-    out = []
-    for v in values:
-        if not isinstance(v, int) or isinstance(v, bool) or not -size <= v < size:
-            raise VlmLensError(f"{name}: {v!r} is not valid; expected {meaning} (there are {size}; negative "
-                               "values count from the end).")
-        out.append(v % size)
-    if not out:
-        raise VlmLensError(f"{name} is empty; pass None for all.")
-    return sorted(set(out))
-
-
-def _attention_layers(attention: bool | Sequence[int], n_layers: int) -> list[int]:
-    if attention is True:
-        return list(range(n_layers))
-    if attention is False or attention is None:
-        return []
-    return _check_indices(attention, n_layers, "keep.attention", "decoder layer indices 0..n_layers-1")
-
-
-def _resolve(values: Sequence[int], length: int, name: str) -> list[int]:
-    out = []
-    for v in values:
-        if not isinstance(v, int) or isinstance(v, bool) or not -length <= v < length:
-            raise VlmLensError(f"{name}: {v!r} is out of range for a sequence of {length} positions "
-                               f"(valid: {-length}..{length - 1}).")
-        out.append(v % length)
-    if not out:
-        raise VlmLensError(f"{name} is empty; pass None for the default.")
-    return out
-
-
-def _default_queries(prompt_length: int, length: int) -> list[int]:
-    return list(range(prompt_length - 1, length))
-
-
-def _check_length(adapter, encoded: Encoded, new_tokens: int) -> None:
-    limit = adapter.max_positions
-    if limit is None:
-        return
-    for i, n in enumerate(encoded.lengths):
-        if n + new_tokens > limit:
-            raise VlmLensError(f"prompt {i} is {n} positions long (image tokens included){f' + {new_tokens} to generate' if new_tokens else ''}, "
-                               f"more than the model's context of {limit}. Shorten the prompt or generate fewer tokens.")
-
-
-def _images_of(entry: Any, sample: int) -> list:
-    return [load_image(image, argument=f"images[{sample}]" + (f"[{k}]" if isinstance(entry, (list, tuple)) else ""))
-            for k, image in enumerate(_as_list(entry))]
-
-
-def _as_list(entry: Any) -> list:
-    if entry is None:
-        return []
-    return list(entry) if isinstance(entry, (list, tuple)) else [entry]
-
-
-def _describe(image: Any) -> str:
-    return str(image) if isinstance(image, str) or hasattr(image, "__fspath__") else type(image).__name__
 
 
 # ---------------------------------------------------------------------------------------------------- assembly
