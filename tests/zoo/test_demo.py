@@ -17,7 +17,7 @@ from vlm_lens.zoo.demo import CHECKPOINTS, NEW_TOKENS, demo
 
 N = 1
 PER_IMAGE = {"one-stage_latent.png", "one-stage_topk.png", "two-stage_latent.png", "two-stage_topk.png",
-             "compare.png", "compare_latent.png"}
+             "compare.png", "compare_latent.png", "one-stage_latent_tuned.png", "two-stage_latent_tuned.png"}
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +47,7 @@ def test_writes_every_promised_file(ran):
         written = {p.name for p in (out / name).iterdir()}
         assert PER_IMAGE <= written, written
         assert all(_not_blank(out / name / f) for f in PER_IMAGE)
-    assert _not_blank(out / "attention_by_segment.png")
+    assert _not_blank(out / "attention_by_segment.png") and _not_blank(out / "lens_kl.png")
     assert "summary.csv" in printed and "two-stage" in printed
 
 
@@ -110,3 +110,28 @@ def test_bad_input_fails_before_loading_anything(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "missing.jpg" in error and "Traceback" not in error
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize("short", sorted(CHECKPOINTS))
+def test_the_tuned_column_reads_through_the_shipped_lens(ran, short):
+    """By hand: the first hidden index at which the translated state (h + A h + b) decoded by the model's norm and
+    head puts the generated level word first, at the position before it."""
+    _, table, _ = ran
+    m = vl.load(CHECKPOINTS[short])
+    lens = vl.TunedLens.load(CHECKPOINTS[short], m)
+    t = vl.trace(m, zoo.synthetic(1, seed=1).images[0], zoo.PROMPTS[0], generate=NEW_TOKENS)
+    words = t.tokens["text"].tolist()
+    level_pos = max(p for p in range(t.prompt_length, len(words)) if words[p] in LEVELS and words[p - 1] == "is")
+    level = int(t.tokens["id"].iloc[level_pos])
+    n = m.adapter.n_layers
+    first = None
+    for l in range(n + 1):
+        h = t.hidden[l, level_pos - 1]
+        if l < n:
+            h = h + lens.weight[l].detach() @ h + lens.bias[l].detach()
+        with torch.no_grad():
+            if int(m.model.lm_head(m.adapter.final_norm(h)).argmax()) == level:
+                first = l
+                break
+    row = table[(table["image"] == "synthetic_0") & (table["checkpoint"] == short)].iloc[0]
+    assert row["tuned_first_top1"] == first

@@ -4,7 +4,6 @@ Loads ``zoo:tiny-biqa-one-stage`` and ``zoo:tiny-biqa-two-stage`` (:mod:`vlm_len
 rate ``n`` synthetic images with known degradations (plus any image files given), traces every answer, and writes
 to ``out``:
 
-==================================  ==========================================================================
 ``summary.csv``                     one row per image and checkpoint: ground truth (synthetic images), answer,
                                     level, Q-Align score, first lens layer where the level is top-1, attention
                                     mass of the decision position on image and description tokens
@@ -15,6 +14,24 @@ to ``out``:
 ``attention_by_segment.png``        attention of the decision position by segment, per layer, mean over images
 ``<image>.png``                     the image itself
 ==================================  ==========================================================================
+=======
+========================================  ====================================================================
+``summary.csv``                           one row per image and checkpoint: ground truth (synthetic images),
+                                          answer, level, Q-Align score, first layer where the level is top-1
+                                          through the logit lens and through the tuned lens, attention mass of
+                                          the decision position on image and description tokens
+``<image>/<checkpoint>_latent.png``       latent-output heatmap over the answer (the logit lens's top-1 per
+                                          layer)
+``<image>/<checkpoint>_latent_tuned.png`` the same read through the checkpoint's shipped tuned lens
+``<image>/<checkpoint>_topk.png``         top-5 lens candidates per layer where the level word is chosen
+``<image>/compare.png``                   both checkpoints: level-word probabilities by layer, attention by segment
+``<image>/compare_latent.png``            both latent-output heatmaps on one colour scale
+``attention_by_segment.png``              attention of the decision position by segment, per layer, mean over
+                                          images
+``lens_kl.png``                           how far each layer's reading is from the output, logit vs tuned lens
+                                          (held-out KL measured when the lenses were fitted)
+``<image>.png``                           the image itself
+========================================  ====================================================================
 
 The *decision position* is the one whose logits choose the level word (the token before it): the Q-Align score,
 the top-k figure, the level-word lines and the attention mass are all read there.
@@ -68,7 +85,7 @@ def demo(out: str | Path = "vlm_lens_demo", images: Sequence[Any] = (), *, n: in
 
     from .. import zoo
     from ..core.images import load_image
-    from ..tracing import load, trace
+    from ..tracing import TunedLens, load, trace
     from . import extensions  # noqa: F401 - registers zoo:NAME as a model name
 
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
@@ -95,9 +112,11 @@ def demo(out: str | Path = "vlm_lens_demo", images: Sequence[Any] = (), *, n: in
     steps = 2 * len(CHECKPOINTS) + 1 + len(pictures) + 1
     with tqdm(total=steps, desc="vlm-lens demo", disable=None if progress else True, leave=False, unit="step") as bar:
         traces: dict[str, list] = {}
+        lenses: dict[str, TunedLens] = {}
         for short, source in CHECKPOINTS.items():
             bar.set_postfix_str(f"loading {short}")
             model = load(source)
+            lenses[short] = TunedLens.load(source, model)  # shipped in the checkpoint's tuned_lens/
             bar.update()
             bar.set_postfix_str(f"tracing {short}")
             traces[short] = trace(model, pictures, [prompt] * len(pictures), generate=NEW_TOKENS)
@@ -107,39 +126,44 @@ def demo(out: str | Path = "vlm_lens_demo", images: Sequence[Any] = (), *, n: in
             bar.set_postfix_str(f"figures of {name}")
             picture.save(folder / f"{name}.png")
             pair = {short: traces[short][i] for short in CHECKPOINTS}
-            readings = {short: _read(t) for short, t in pair.items()}
+            readings = {short: _read(t, lenses[short]) for short, t in pair.items()}
             for short, t in pair.items():
                 rows.append(_row(name, short, t, readings[short], known))
                 if readings[short]["mass"] is not None:
                     masses.append(readings[short]["mass"].assign(checkpoint=short, image=name))
-            _figures(folder / name, pair, readings)
+            _figures(folder / name, pair, readings, lenses)
             bar.update()
         bar.set_postfix_str("attention by segment")
         if masses:
             _attention_figure(pd.concat(masses), folder / "attention_by_segment.png")
+        from ..plot import lens_kl, save
+
+        save(lens_kl(lenses), folder / "lens_kl.png", dpi=120)
         bar.update()
     table = pd.DataFrame(rows)
     table.to_csv(folder / "summary.csv", index=False)
-    shown = table[["image", "checkpoint", "true_level", "level", "score", "lens_first_top1", "attention_image",
-                   "attention_description"]]
+    shown = table[["image", "checkpoint", "true_level", "level", "score", "lens_first_top1", "tuned_first_top1",
+                   "attention_image", "attention_description"]]
     log(f"prompt: {prompt!r}; answers of {len(pictures)} image(s):")
     for r in table.itertuples(index=False):
         log(f"  {r.image:>14} {r.checkpoint:>9}: {r.answer}")
     log(shown.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
-    log(f"wrote {folder}/: summary.csv, attention_by_segment.png, and per image <image>.png, "
-        "<image>/{one-stage,two-stage}_{latent,topk}.png, <image>/compare.png, <image>/compare_latent.png")
+    log(f"wrote {folder}/: summary.csv, attention_by_segment.png, lens_kl.png, and per image <image>.png, "
+        "<image>/{one-stage,two-stage}_{latent,latent_tuned,topk}.png, <image>/compare.png, "
+        "<image>/compare_latent.png")
     return table
 
 
 # ----------------------------------------------------------------------------------------------------- reading
-def _read(t) -> dict:
-    """Level, score, decision position and first top-1 lens layer (:func:`vlm_lens.zoo.measure.read`), and the
-    attention there by segment."""
+def _read(t, lens=None) -> dict:
+    """Level, score, decision position and first top-1 lens layer (:func:`vlm_lens.zoo.measure.read`; also through
+    ``lens``, the tuned lens), and the attention there by segment."""
     from .measure import read
 
     reading = read(t)
+    tuned = read(t, lens=lens).lens_first_top1 if lens is not None and reading.level is not None else None
     out = {"level": reading.level, "score": reading.score, "decision": reading.decision, "mass": None,
-           "first_top1": reading.lens_first_top1}
+           "first_top1": reading.lens_first_top1, "tuned_first_top1": tuned}
     if reading.level is not None:
         out["mass"] = t.attention_mass(query="decision").groupby(["layer", "segment"], as_index=False)["mass"].mean()
     return out
@@ -153,18 +177,20 @@ def _row(name: str, short: str, t, reading: dict, known) -> dict:
             "true_level": known["level"] if known is not None else None,
             "true_description": known["description"] if known is not None else None,
             "answer": t.answer, "level": reading["level"], "score": reading["score"],
-            "lens_first_top1": reading["first_top1"],
+            "lens_first_top1": reading["first_top1"], "tuned_first_top1": reading["tuned_first_top1"],
             "attention_image": share("image") if share else math.nan,
             "attention_description": share("description") if share else math.nan}
 
 
 # ----------------------------------------------------------------------------------------------------- figures
-def _figures(folder: Path, pair: dict, readings: dict) -> None:
+def _figures(folder: Path, pair: dict, readings: dict, lenses: dict) -> None:
     from .. import plot
 
     folder.mkdir(parents=True, exist_ok=True)
     for short, t in pair.items():
         plot.save(plot.latent_output(t, positions="response", context=2), folder / f"{short}_latent.png", dpi=120)
+        plot.save(plot.latent_output(t, positions="response", context=2, lens=lenses[short]),
+                  folder / f"{short}_latent_tuned.png", dpi=120)
         plot.save(plot.topk(t, position=readings[short]["decision"], k=5), folder / f"{short}_topk.png", dpi=120)
     (a_name, a), (b_name, b) = pair.items()
     plot.save(plot.compare(a, b, "latent_output", names=(a_name, b_name), positions="response", context=2),

@@ -39,7 +39,7 @@ from ..biqa.instability import Instability
 from ..runs import datasets
 from ..runs.engine import run
 from ..runs.stats import plcc, srcc
-from ..tracing import Keep, LensModel, trace
+from ..tracing import Keep, Lens, LensModel, trace
 from .grammar import LEVELS_WORST_FIRST, PROMPTS, parse
 from .measure import MASS_PARTS, Reading, read
 from .synthetic import TYPES, synthetic_arrays
@@ -77,11 +77,12 @@ def _pil(images) -> list:
 
 
 def greedy_readings(model: LensModel, images, *, prompt: str = PROMPTS[0], batch: int = 50, attention: bool = True,
-                    lens: bool = True) -> list[Reading]:
-    """Greedy answers for ``images`` (uint8 array ``[n, H, W, 3]`` or PIL images), read by :func:`.measure.read`."""
+                    lens: "bool | Lens" = True) -> list[Reading]:
+    """Greedy answers for ``images`` (uint8 array ``[n, H, W, 3]`` or PIL images), read by :func:`.measure.read`
+    (``lens``: True for the logit lens, a lens to read the layers through, False for none)."""
     pictures = _pil(images)
     readings = []
-    keep = Keep(layers=None if lens else [model.adapter.n_layers], attention=attention)
+    keep = Keep(layers=None if lens is not False else [model.adapter.n_layers], attention=attention)
     for start in range(0, len(pictures), batch):
         chunk = pictures[start:start + batch]
         traces = trace(model, chunk, [prompt] * len(chunk), generate=NEW_TOKENS, keep=keep)

@@ -14,7 +14,8 @@ logit lens are all read there.
 - **Attention mass**: for each decoder layer, the decision position's attention (mean over heads) summed over
   image tokens, description tokens (response tokens before the quality sentence) and everything else.
 - **Logit lens**: the first hidden-state index (0 = decoder input) at which the generated level word is the top-1
-  token of the lens at the decision position, and the first index from which it stays top-1 to the end.
+  token of the lens at the decision position, and the first index from which it stays top-1 to the end (read
+  through the logit lens, or through another lens given as ``lens=``, such as the checkpoint's tuned lens).
 
 Example:
     >>> t = vl.trace(m, image, PROMPTS[0], generate=48)       # doctest: +SKIP
@@ -32,6 +33,7 @@ import numpy as np
 from ..biqa.answer import locate
 from ..biqa.quality import quality as iqa_quality
 from ..biqa.vocabulary import ANSWER_PREFIX
+from ..tracing.lens import Lens
 from ..tracing.record import Trace
 from .grammar import LEVEL_WEIGHTS, LEVELS_WORST_FIRST, parse
 
@@ -73,8 +75,9 @@ class Reading:
     sentence_start: int | None = None
 
 
-def read(trace: Trace, *, lens: bool = True) -> Reading:
-    """Read one traced answer (see the module docstring for what is measured where)."""
+def read(trace: Trace, *, lens: "bool | Lens" = True) -> Reading:
+    """Read one traced answer (see the module docstring for what is measured where); ``lens``: True for the logit
+    lens, a lens (e.g. a :class:`~vlm_lens.TunedLens`) to read the layers through it, False for no lens reading."""
     answer = trace.answer
     layout = locate(trace, LEVELS_WORST_FIRST, ANSWER_PREFIX)
     if not layout.has_level:
@@ -98,8 +101,8 @@ def read(trace: Trace, *, lens: bool = True) -> Reading:
         rows = trace.attention[:, :, row, :].mean(1).numpy()  # [layer, key]
         attention = np.stack([rows[:, groups == g].sum(1) for g in range(3)], axis=1)
     first = stays = None
-    if lens:
-        table = trace.lens_targets([layout.level], positions=[decision])
+    if lens is not False:
+        table = trace.lens_targets([layout.level], positions=[decision], lens=None if lens is True else lens)
         top = table.sort_values("layer")["rank"].to_numpy() == 1
         layers = table.sort_values("layer")["layer"].to_numpy()
         if top.any():

@@ -8,6 +8,9 @@ Stages (each timed, its losses and a held-out measurement written to ``DIR/measu
 3. ``one-stage``: projector + decoder on image -> "{description} The quality of the image is {level}." in one go.
 4. ``two-stage``: stage 1, image -> description; stage 2, the quality sentence from the description, the image
    tokens holding another sample's image (:mod:`.decoder` explains why), mixed with description replay.
+5. ``lens``: a tuned lens per checkpoint (:mod:`.lenses`), fitted on the checkpoint trained by the same command or,
+   alone (``--stage lens``), on the shipped one, whose weights it only reads; written to
+   ``DIR/<checkpoint>/tuned_lens/`` (copy it into the shipped checkpoint's folder).
 
 Both decoders start from the same initialisation and get the same number of decoder steps in total. The checkpoints
 are written with ``save_pretrained`` as ``DIR/tiny-biqa-one-stage`` and ``DIR/tiny-biqa-two-stage``; copy them to
@@ -15,7 +18,8 @@ are written with ``save_pretrained`` as ``DIR/tiny-biqa-one-stage`` and ``DIR/ti
 same weights (up to floating-point summation order across CPU kernels).
 
 Example:
-    $ python -m vlm_lens.zoo.train --out runs/zoo            # the shipped recipe, ~19 min on 2 quiet cores
+    $ python -m vlm_lens.zoo.train --out runs/zoo            # the shipped recipe (~19 min on 2 quiet cores + lenses)
+    $ python -m vlm_lens.zoo.train --out runs/zoo --stage lens   # the shipped checkpoints' tuned lenses (10-20 min)
     $ python -m vlm_lens.zoo.train --out /tmp/zoo --quick    # a few steps of every stage, for tests
 """
 
@@ -57,18 +61,27 @@ class Recipe:
     two_stage_describe_steps: int = 600
     two_stage_rate_steps: int = 600
     rate_fraction: float = 2 / 3
+    lens_images: int = 512    # stage lens (docs/zoo.md, "Tuned lenses"): images of seed `seed`, traced 64 at a time
+    lens_held_out: int = 256  # held-out images of seed 1
+    lens_epochs: int = 2
+    lens_batch: int = 2
+    lens_lr: float = 3e-3
+    lens_trace_batch: int = 64
 
 
 #: A few steps of everything (tests, smoke runs).
 QUICK = Recipe(train_images=256, val_images=32, vision_steps=6, vision_batch=16, one_stage_steps=6,
-               two_stage_describe_steps=4, two_stage_rate_steps=4, decoder_batch=8)
+               two_stage_describe_steps=4, two_stage_rate_steps=4, decoder_batch=8, lens_images=8, lens_held_out=4,
+               lens_epochs=1, lens_batch=4)
 
 NAMES = {"one-stage": "tiny-biqa-one-stage", "two-stage": "tiny-biqa-two-stage"}
+DECODERS = ("one-stage", "two-stage")
 
 
-def run(out: str | Path, recipe: Recipe = Recipe(), stages: tuple[str, ...] = ("one-stage", "two-stage"),
+def run(out: str | Path, recipe: Recipe = Recipe(), stages: tuple[str, ...] = ("one-stage", "two-stage", "lens"),
         arch: Architecture = Architecture(), log: Callable[[str], None] = print) -> dict:
-    """Run the recipe; write the checkpoints and ``measurements.json`` to ``out``. Returns the measurements."""
+    """Run the recipe; write the checkpoints, their lenses and ``measurements.json`` to ``out``. Returns the
+    measurements."""
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     measurements: dict = {"recipe": asdict(recipe), "architecture": arch.to_dict(), "torch_threads":
@@ -80,6 +93,18 @@ def run(out: str | Path, recipe: Recipe = Recipe(), stages: tuple[str, ...] = ("
         measurements["load_average_end"] = _load()
         (folder / "measurements.json").write_text(json.dumps(measurements, indent=1))
 
+    if any(stage in DECODERS for stage in stages):
+        _decoders(folder, recipe, [s for s in stages if s in DECODERS], arch, measurements, save_measurements, log)
+    if "lens" in stages:
+        _lenses(folder, recipe, measurements, save_measurements, log)
+    save_measurements()
+    log(f"total {measurements['total_seconds']:.0f} s")
+    return measurements
+
+
+def _decoders(folder: Path, recipe: Recipe, stages: list[str], arch: Architecture, measurements: dict,
+              save_measurements: Callable[[], None], log: Callable[[str], None]) -> None:
+    """Stages data, vision, features and the decoders named in ``stages``."""
     t = time.perf_counter()
     images, labels = synthetic_arrays(recipe.train_images, recipe.seed)
     val_images, val_labels = synthetic_arrays(recipe.val_images, recipe.val_seed)
@@ -131,9 +156,24 @@ def run(out: str | Path, recipe: Recipe = Recipe(), stages: tuple[str, ...] = ("
         measurements["stages"][stage] = parts
         log(f"{stage}: {json.dumps(parts['val'])}")
         save_measurements()
-    save_measurements()
-    log(f"total {measurements['total_seconds']:.0f} s")
-    return measurements
+
+
+def _lenses(folder: Path, recipe: Recipe, measurements: dict, save_measurements: Callable[[], None],
+            log: Callable[[str], None]) -> None:
+    """Stage lens: a tuned lens for each checkpoint, trained here or shipped (:mod:`.lenses`)."""
+    from ..tracing import load
+    from . import checkpoint_path
+    from .lenses import fit_zoo_lens
+
+    parts = {}
+    for stage, name in NAMES.items():
+        trained = folder / name
+        model = load(str(trained if (trained / "config.json").exists() else checkpoint_path(name)))
+        parts[stage] = fit_zoo_lens(model, name, trained / "tuned_lens", images=recipe.lens_images,
+                                    held_out=recipe.lens_held_out, epochs=recipe.lens_epochs, batch=recipe.lens_batch,
+                                    lr=recipe.lens_lr, trace_batch=recipe.lens_trace_batch, seed=recipe.seed, log=log)
+        measurements["stages"]["lens"] = parts
+        save_measurements()
 
 
 def _load() -> list[float] | None:
@@ -157,8 +197,9 @@ def validate(path: Path, images: np.ndarray, labels, batch: int = 50) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m vlm_lens.zoo.train", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="folder for the checkpoints and measurements.json")
-    parser.add_argument("--stage", choices=["all", "one-stage", "two-stage"], default="all",
-                        help="which checkpoint(s) to train (data and vision stages always run)")
+    parser.add_argument("--stage", choices=["all", "one-stage", "two-stage", "lens"], default="all",
+                        help="which checkpoint(s) to train (the data and vision stages run with each decoder), or "
+                             "lens: only the tuned lenses, of the checkpoints in --out or else the shipped ones")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument("--quick", action="store_true", help="a few steps of every stage (smoke test)")
@@ -173,7 +214,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--set {item}: unknown field {key!r}; fields: {', '.join(Recipe.__dataclass_fields__)}")
         field_type = type(getattr(recipe, key))
         recipe = replace(recipe, **{key: field_type(value)})
-    stages = ("one-stage", "two-stage") if args.stage == "all" else (args.stage,)
+    stages = ("one-stage", "two-stage", "lens") if args.stage == "all" else (args.stage,)
     run(args.out, recipe, stages)
 
 
