@@ -18,7 +18,7 @@ from conftest import hook_count, random_image, warm_up
 import vlm_lens as vl
 import vlm_lens.runs.lens_fit as lens_fit
 from vlm_lens.biqa.vocabulary import QALIGN_PROMPT
-from vlm_lens.core.errors import RunMismatchError
+from vlm_lens.core.errors import DamagedFileError, RunMismatchError
 from vlm_lens.runs.datasets import Dataset, from_images
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -120,6 +120,9 @@ def test_a_fit_cut_short_resumes_to_the_identical_lens_and_a_finished_one_is_loa
     assert torch.equal(loaded.weight, fitted.weight)
     with pytest.raises(RunMismatchError, match=r"settings.lr: 0.01 -> 0.02"):
         vl.TunedLens.fit(m, data, out=tmp_path / "fit", **{**SETTINGS, "lr": 2e-2})
+    (tmp_path / "fit" / "fit.json").write_text("{")  # cut short by a full disk: said, not a JSONDecodeError
+    with pytest.raises(DamagedFileError, match="fit.json' is damaged"):
+        vl.TunedLens.fit(m, data, out=tmp_path / "fit", **SETTINGS)
 
 
 def test_the_model_is_left_exactly_as_it_was(models, images):

@@ -36,18 +36,17 @@ import pandas as pd
 import torch
 
 from ..core.checks import as_bool, as_folder, as_int, make_folder
-from ..core.errors import ImageError, RunMismatchError, VlmLensError
+from ..core.errors import ImageError, VlmLensError
 from ..core.version import __version__
 from ..tracing.loading import LensModel
 from .checkpoint import (
     RankState,
-    describe_differences,
     model_fingerprint,
     write_json,
     write_table,
 )
 from .datasets import Dataset
-from .folder import RUN_FILE, check_out, discard, read_results, read_run_info
+from .folder import RUN_FILE, check_out, claim, discard, read_results, read_run_info, stored_info
 from .reducers import Reducer, merge_requests, trace_samples
 
 __all__ = ["RunResult", "default_analyses", "register_default_analyses", "register_table_upgrade", "run"]
@@ -229,28 +228,17 @@ def _barrier(world: int) -> None:
 
 def _prepare(folder: Path, fingerprint: dict, overwrite: bool, rank: int, world: int) -> RunResult | None:
     """Check (and create) the run folder; return the finished run if there is one with this fingerprint."""
-    info_file = folder / RUN_FILE
     if rank == 0:
         check_out(folder)  # a file, or a folder of the user's own files: refused, overwrite or not
         if overwrite:
             discard(folder, [a["name"] for a in fingerprint["analyses"]])  # only what a run wrote
     _barrier(world)
-    existing = read_run_info(folder) if info_file.exists() else None
-    if existing is not None and existing.get("fingerprint") != fingerprint:
-        differences = describe_differences(existing.get("fingerprint"), fingerprint)
-        raise RunMismatchError(f"out={str(folder)!r} holds a run of a different model or with different arguments; "
-                               f"resuming would mix results. Differences (stored -> now): "
-                               f"{'; '.join(differences[:8])}. Pass a new out= folder, or overwrite=True to discard "
-                               "the stored run.", str(folder), differences)
+    existing = stored_info(folder, RUN_FILE, fingerprint, "a run of a different model or with different arguments",
+                           "the stored run")
     if existing is not None and existing.get("status") == "done":
         return RunResult.load(folder)
     if rank == 0:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json(info_file, {"status": "running", "fingerprint": fingerprint})
-        except OSError as err:
-            raise VlmLensError(f"out={str(folder)!r} is not writable ({err.strerror or err}). Pass a folder you "
-                               "can write to.") from None
+        claim(folder, RUN_FILE, fingerprint)
     _barrier(world)
     return None
 

@@ -27,9 +27,10 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from ..core.errors import DamagedFileError, VlmLensError
+from ..core.errors import DamagedFileError, RunMismatchError, VlmLensError
+from .checkpoint import describe_differences, write_json
 
-__all__ = ["RUN_FILE", "check_out", "discard", "read_json", "read_results", "read_run_info"]
+__all__ = ["RUN_FILE", "check_out", "claim", "discard", "read_json", "read_results", "read_run_info", "stored_info"]
 
 #: The file that makes a folder a run folder: the run's fingerprint and status.
 RUN_FILE = "run.json"
@@ -60,14 +61,43 @@ def read_json(path: Path) -> Any:
                                str(path)) from None
 
 
-def read_run_info(folder: Path) -> dict[str, Any]:
-    """``run.json`` of ``folder``: ``{"status": ..., "fingerprint": {...}}``."""
-    info = read_json(folder / RUN_FILE)
+def read_run_info(folder: Path, name: str = RUN_FILE) -> dict[str, Any]:
+    """``run.json`` (or ``name``) of ``folder``: ``{"status": ..., "fingerprint": {...}}``."""
+    info = read_json(folder / name)
     if not isinstance(info, dict) or not isinstance(info.get("fingerprint"), dict):
-        raise DamagedFileError(f"{str(folder / RUN_FILE)!r} is damaged: expected a JSON object with the run's "
+        raise DamagedFileError(f"{str(folder / name)!r} is damaged: expected a JSON object with the run's "
                                f"fingerprint, got {type(info).__name__}. Run again with overwrite=True (it deletes "
-                               "only what the run wrote), or into a new folder.", str(folder / RUN_FILE))
+                               "only what the run wrote), or into a new folder.", str(folder / name))
     return info
+
+
+def stored_info(folder: Path, name: str, fingerprint: dict, held: str, discarded: str) -> dict[str, Any] | None:
+    """The job info ``name`` in ``folder`` when it is this job's (same ``fingerprint``), None when there is none.
+
+    Raises:
+        RunMismatchError: the folder holds ``held`` (e.g. "a run of a different model or with different arguments")
+            whose fingerprint differs; resuming would mix the two. The message lists the differences and says how
+            to discard it (``discarded``: what ``overwrite=True`` discards).
+    """
+    if not (folder / name).exists():
+        return None
+    existing = read_run_info(folder, name)
+    if existing.get("fingerprint") != fingerprint:
+        differences = describe_differences(existing.get("fingerprint"), fingerprint)
+        raise RunMismatchError(f"out={str(folder)!r} holds {held}; resuming would mix results. Differences (stored "
+                               f"-> now): {'; '.join(differences[:8])}. Pass a new out= folder, or overwrite=True to "
+                               f"discard {discarded}.", str(folder), differences)
+    return existing
+
+
+def claim(folder: Path, name: str, fingerprint: dict) -> None:
+    """Create ``folder`` and mark the job of ``fingerprint`` as running there (``name``: its info file)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / name, {"status": "running", "fingerprint": fingerprint})
+    except OSError as err:
+        raise VlmLensError(f"out={str(folder)!r} is not writable ({err.strerror or err}). Pass a folder you can "
+                           "write to.") from None
 
 
 def discard(folder: Path, analyses: Iterable[str]) -> list[Path]:

@@ -38,12 +38,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from ..core.errors import ImageError, RunMismatchError, VlmLensError
+from ..core.errors import ImageError, VlmLensError
 from ..tracing.loading import LensModel
 from ..tracing.logit_lens import LogitLens
 from ..tracing.tuned_lens import TunedLens
-from .checkpoint import atomic_write, describe_differences, model_fingerprint, write_json
+from .checkpoint import atomic_write, model_fingerprint, write_json
 from .datasets import Dataset, Sample
+from .folder import claim, read_run_info, stored_info
 from .engine import _barrier, _distributed
 from .lens_kl import default_prompt, kl_sums
 from .reducers import TraceRequest, trace_samples
@@ -52,6 +53,9 @@ if TYPE_CHECKING:
     from ..tracing.record import Trace
 
 __all__ = ["fit"]
+
+#: The fit's info file in ``out=``: ``{"status": "running" | "done", "fingerprint": {...}}``.
+FIT_FILE = "fit.json"
 
 FORMAT_VERSION = 1
 #: Bytes of float32 logits (all translated layers of a chunk of positions) held at once while fitting.
@@ -118,8 +122,8 @@ def fit(model: LensModel, dataset: Dataset, *, prompt: str | None = None, genera
         if folder is not None:
             if rank == 0:
                 lens.save(folder)
-                info = json.loads((folder / "fit.json").read_text())
-                write_json(folder / "fit.json", {**info, "status": "done"})
+                info = read_run_info(folder, FIT_FILE)
+                write_json(folder / FIT_FILE, {**info, "status": "done"})
             _barrier(world)
         return lens
     finally:
@@ -185,28 +189,17 @@ def _describe_held_out(held_out: float | Dataset) -> Any:
 def _prepare(folder: Path, fingerprint: dict, model: LensModel, overwrite: bool, rank: int,
              world: int) -> TunedLens | None:
     """Check (and create) ``out``; return the finished lens there, if it is this fit's."""
-    info_file = folder / "fit.json"
     if overwrite and rank == 0:
-        info_file.unlink(missing_ok=True)
+        (folder / FIT_FILE).unlink(missing_ok=True)
         for name in ("state.safetensors", "lens.safetensors", "lens.json"):
             (folder / name).unlink(missing_ok=True)
     _barrier(world)
-    existing = json.loads(info_file.read_text()) if info_file.exists() else None
-    if existing is not None and existing.get("fingerprint") != fingerprint:
-        differences = describe_differences(existing.get("fingerprint"), fingerprint)
-        raise RunMismatchError(f"out={str(folder)!r} holds a tuned-lens fit of another model or with other settings; "
-                               f"resuming would mix them. Differences (stored -> now): {'; '.join(differences[:8])}. "
-                               "Pass a new out= folder, or overwrite=True to discard the stored fit.",
-                               str(folder), differences)
+    existing = stored_info(folder, FIT_FILE, fingerprint, "a tuned-lens fit of another model or with other settings",
+                           "the stored fit")
     if existing is not None and existing.get("status") == "done":
         return TunedLens.load(folder, model)
     if rank == 0:
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            write_json(info_file, {"status": "running", "fingerprint": fingerprint})
-        except OSError as err:
-            raise VlmLensError(f"out={str(folder)!r} is not writable ({err.strerror or err}). Pass a folder you can "
-                               "write to.") from None
+        claim(folder, FIT_FILE, fingerprint)
     _barrier(world)
     return None
 
