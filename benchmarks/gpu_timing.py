@@ -14,7 +14,6 @@ size before (coarse: the allocator reuses freed memory, so small tensors do not 
 from __future__ import annotations
 
 import statistics
-import threading
 import time
 from typing import Any, Callable
 
@@ -22,41 +21,8 @@ import torch
 
 import vlm_lens as vl
 
+from peak_memory import PeakMemory  # noqa: E402 - a sibling module (benchmarks/ is no package)
 
-class Peak:
-    """Peak memory of a block above what was in use before it: CUDA allocator statistics, or the sampled RSS."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device, self.extra = device, 0
-
-    def __enter__(self) -> Peak:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.start = torch.cuda.memory_allocated(self.device)
-            return self
-        import psutil
-
-        self.process = psutil.Process()
-        self.start = self.high = self.process.memory_info().rss
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while self.running:
-            self.high = max(self.high, self.process.memory_info().rss)
-            time.sleep(0.002)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            self.extra = torch.cuda.max_memory_allocated(self.device) - self.start
-            return
-        self.running = False
-        self.thread.join()
-        self.extra = max(self.high, self.process.memory_info().rss) - self.start
 
 
 def kept_bytes(result: Any) -> int | None:
@@ -86,7 +52,7 @@ def interleaved(report, section: str, methods: dict[str, Callable[[], Any]], *, 
 
     def call(name: str, fn: Callable[[], Any], timed: bool) -> None:
         try:
-            with Peak(device) as peak:
+            with PeakMemory(device) as peak:
                 start, start_cpu = time.perf_counter(), time.process_time()
                 result = fn()
                 if device.type == "cuda":
@@ -95,7 +61,7 @@ def interleaved(report, section: str, methods: dict[str, Callable[[], Any]], *, 
             if timed:
                 out[name]["times_s"].append(elapsed)
                 out[name]["cpu_times_s"].append(cpu)
-                out[name]["peaks"].append(peak.extra)
+                out[name]["peaks"].append(peak.peak)
                 out[name]["kept_bytes"] = kept_bytes(result)
             del result
         except Exception as err:  # noqa: BLE001 - recorded; the other methods go on

@@ -32,7 +32,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -42,9 +41,12 @@ import torch
 from PIL import Image
 
 import vlm_lens as vl
+
 from vlm_lens.runs.datasets import from_table
 from vlm_lens.runs.engine import run
 from vlm_lens.tracing.logit_lens import target_token_ids
+
+from peak_memory import PeakMemory  # noqa: E402 - a sibling module (benchmarks/ is no package)
 
 PROMPT = "How would you rate the quality of this image?"
 #: glibc malloc settings of the memory subprocesses: a fixed mmap threshold returns every large freed block to the
@@ -96,37 +98,6 @@ def plain(m: vl.LensModel, dataset, batch: int) -> list[float]:
 def first(csv: Path | str, n: int):
     """A dataset of the first ``n`` rows of ``csv`` (images read lazily from disk)."""
     return from_table(pd.read_csv(csv).iloc[:n], root=Path(csv).parent)
-
-
-class PeakMemory:
-    """Peak extra resident set size of a block, and its trend (RSS sampled in a thread every 2 ms)."""
-
-    def __enter__(self) -> "PeakMemory":
-        import psutil
-
-        self.process = psutil.Process()
-        self.start = self.high = self.process.memory_info().rss
-        self.samples: list[int] = []
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while self.running:
-            rss = self.process.memory_info().rss
-            self.high = max(self.high, rss)
-            self.samples.append(rss)
-            time.sleep(0.002)
-
-    def __exit__(self, *exc) -> None:
-        self.running = False
-        self.thread.join()
-        self.peak = max(self.high, self.process.memory_info().rss) - self.start
-        half = len(self.samples) // 2
-        # mean extra RSS over the first and the second half of the block: a leak shows as a rising second half
-        self.halves = [float(np.mean(part)) - self.start if part else 0.0
-                       for part in (self.samples[:half], self.samples[half:])]
 
 
 def memory_child(model: str, csv: str, n: int, batch: int, method: str, threads: int) -> None:

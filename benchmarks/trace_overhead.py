@@ -21,15 +21,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import threading
 import time
 
 import numpy as np
-import psutil
 import torch
 from PIL import Image
 
 import vlm_lens as vl
+
+from peak_memory import PeakMemory  # noqa: E402 - a sibling module (benchmarks/ is no package)
+
 
 
 def build(folder: str, layers: int) -> str:
@@ -38,42 +39,6 @@ def build(folder: str, layers: int) -> str:
     # 336 px / patch 14 -> 24 x 24 = 576 image tokens; a small vision tower keeps the cost in the decoder
     return str(tiny_llava(folder, layers=layers, hidden=512, heads=8, kv_heads=8, intermediate=1376,
                           vision_hidden=64, vision_layers=1, image_size=336, patch=14, max_positions=2048))
-
-
-class PeakMemory:
-    """Peak extra memory of a block: RSS sampled in a thread (CPU) or CUDA allocator statistics."""
-
-    def __init__(self, device: str) -> None:
-        self.device = device
-        self.peak = 0
-
-    def __enter__(self) -> "PeakMemory":
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.start = torch.cuda.memory_allocated()
-            return self
-        self.process = psutil.Process()
-        self.start = self.process.memory_info().rss
-        self.high = self.start
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        return self
-
-    def _sample(self) -> None:
-        while self.running:
-            self.high = max(self.high, self.process.memory_info().rss)
-            time.sleep(0.002)
-
-    def __exit__(self, *exc) -> None:
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-            self.peak = torch.cuda.max_memory_allocated() - self.start
-            return
-        self.running = False
-        self.thread.join()
-        self.peak = max(self.high, self.process.memory_info().rss) - self.start
 
 
 def main() -> None:

@@ -27,46 +27,22 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
 import torch
 
 import vlm_lens as vl
+
 from vlm_lens import zoo
 from vlm_lens.runs.datasets import from_images
 from vlm_lens.runs.lens_kl import LensKL
 
+from peak_memory import PeakMemory  # noqa: E402 - a sibling module (benchmarks/ is no package)
+
 #: glibc malloc settings of the subprocesses (see benchmarks/run_throughput.py).
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": "131072", "MALLOC_TRIM_THRESHOLD_": "131072"}
 SETTINGS = dict(generate=48, epochs=1, held_out=0, batch_size=8, trace_batch=64, progress=False)
-
-
-class PeakMemory:
-    """Peak extra resident set size of a block (RSS sampled in a thread every 2 ms)."""
-
-    def __enter__(self) -> "PeakMemory":
-        import psutil
-
-        self.process = psutil.Process()
-        self.start = self.high = self.process.memory_info().rss
-        self.running = True
-        self.thread = threading.Thread(target=self._sample, daemon=True)
-        self.thread.start()
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def _sample(self) -> None:
-        while self.running:
-            self.high = max(self.high, self.process.memory_info().rss)
-            time.sleep(0.002)
-
-    def __exit__(self, *exc) -> None:
-        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
-        self.running = False
-        self.thread.join()
-        self.peak = max(self.high, self.process.memory_info().rss) - self.start
 
 
 def trace_only(m: vl.LensModel, images) -> None:
@@ -82,11 +58,17 @@ def child(model: str, n: int, threads: int) -> None:
     m = vl.load(model)
     images = zoo.synthetic(n, seed=0).images
     vl.TunedLens.fit(m, from_images(images[:8]), **{**SETTINGS, "trace_batch": 8})  # warm-up
-    with PeakMemory() as base:
-        trace_only(m, images)
-    with PeakMemory() as fit:
-        vl.TunedLens.fit(m, from_images(images), prompt=zoo.PROMPTS[0], **SETTINGS)
-    print(json.dumps({"n": n, "base": [base.wall, base.cpu, base.peak], "fit": [fit.wall, fit.cpu, fit.peak]}))
+    base = measured(lambda: trace_only(m, images))
+    fit = measured(lambda: vl.TunedLens.fit(m, from_images(images), prompt=zoo.PROMPTS[0], **SETTINGS))
+    print(json.dumps({"n": n, "base": base, "fit": fit}))
+
+
+def measured(work) -> list[float]:
+    """``[wall s, CPU s, peak extra RSS bytes]`` of ``work()``."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    with PeakMemory() as memory:
+        work()
+    return [time.perf_counter() - wall, time.process_time() - cpu, memory.peak]
 
 
 def cost(model: str, sizes: list[int], threads: int) -> None:
