@@ -68,6 +68,15 @@ def image() -> Image.Image:
     return random_image(0)
 
 
+@pytest.fixture(scope="session")
+def image_path(tmp_path_factory) -> str:
+    """``random_image(0)`` saved as a file: a trace of an image file records its path, so figures and reports can
+    draw the picture."""
+    path = tmp_path_factory.mktemp("images") / "noise.png"
+    random_image(0).save(path)
+    return str(path)
+
+
 def hook_count(model: vl.LensModel) -> int:
     """Number of forward hooks / pre-hooks installed anywhere in the model."""
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.model.modules())

@@ -20,13 +20,6 @@ from vlm_lens.plot.style import HIGHLIGHT, new_figure, thin_ticks, token_label
 
 
 @pytest.fixture(scope="module")
-def image_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("images") / "noise.png"
-    random_image(0).save(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def t(models, image_path):
     return vl.trace(models["mha"], image_path, PROMPT, generate=4)
 

@@ -19,13 +19,6 @@ from vlm_lens.plot.style import ATTENTION_CMAP, HIGHLIGHT, style
 
 
 @pytest.fixture(scope="module")
-def image_path(tmp_path_factory):
-    path = tmp_path_factory.mktemp("images") / "noise.png"
-    random_image(0).save(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def rated(models, image_path):
     """A one-stage answer: a description, then the level sentence."""
     return forced_trace(models["mha"], image_path, "noisy and dark . the quality of the image is excellent .")
